@@ -1,0 +1,139 @@
+//! Test support for the golden reference vectors produced by an independent NumPy/JAX
+//! reference (format: `shared/golden/README.md`).
+//!
+//! Golden tests read `../shared/golden` relative to the workspace root, or the directory in
+//! `SOPHIA_GOLDEN_DIR` when it is set. A missing directory fails the test with a message that
+//! says where it looked: golden tests never skip.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The environment variable that points the golden tests at another directory.
+pub const GOLDEN_DIR_ENV: &str = "SOPHIA_GOLDEN_DIR";
+
+/// The golden directory: `$SOPHIA_GOLDEN_DIR`, else `<workspace>/../shared/golden`.
+///
+/// # Panics
+/// When the directory does not exist (a golden test must fail, not skip).
+pub fn golden_dir() -> PathBuf {
+    let dir = match std::env::var_os(GOLDEN_DIR_ENV) {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden"),
+    };
+    assert!(
+        dir.is_dir(),
+        "golden directory {} not found: put the reference vectors at ../shared/golden beside the \
+         workspace or set {GOLDEN_DIR_ENV}",
+        dir.display()
+    );
+    dir
+}
+
+/// Parse one golden JSON file (`name` relative to [`golden_dir`]).
+///
+/// # Panics
+/// When the file is missing or malformed, naming the file.
+pub fn load<T: for<'de> Deserialize<'de>>(name: &str) -> T {
+    let path = golden_dir().join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
+}
+
+/// A tensor object of the golden format: flat row-major data and its shape.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct GoldenTensor<T = f32> {
+    /// Dimensions.
+    pub shape: Vec<usize>,
+    /// Row-major values.
+    pub data: Vec<T>,
+}
+
+impl<T> GoldenTensor<T> {
+    /// Number of elements the shape describes.
+    pub fn num_elements(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// Tolerance `|got − want| <= atol + rtol · |want|`, elementwise.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tolerance {
+    /// Relative part.
+    pub rtol: f64,
+    /// Absolute part.
+    pub atol: f64,
+}
+
+impl Tolerance {
+    /// A tolerance with the given relative and absolute parts.
+    pub const fn new(rtol: f64, atol: f64) -> Self {
+        Self { rtol, atol }
+    }
+
+    /// Check every element; on failure report the worst element with its index and `what`.
+    ///
+    /// # Panics
+    /// When the lengths differ or any element is outside the tolerance (NaN always is).
+    pub fn assert_close(&self, what: &str, got: &[f32], want: &[f32]) {
+        assert_eq!(got.len(), want.len(), "{what}: {} values, expected {}", got.len(), want.len());
+        let mut worst: Option<(usize, f64)> = None;
+        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+            let (g, w) = (g as f64, w as f64);
+            let excess = (g - w).abs() - (self.atol + self.rtol * w.abs());
+            if !(excess <= 0.0) && worst.is_none_or(|(_, e)| excess > e || excess.is_nan()) {
+                worst = Some((i, excess));
+            }
+        }
+        if let Some((i, _)) = worst {
+            panic!(
+                "{what}: element {i} is {} but the reference is {} (rtol {}, atol {})",
+                got[i], want[i], self.rtol, self.atol
+            );
+        }
+    }
+
+    /// Check one scalar.
+    pub fn assert_scalar(&self, what: &str, got: f64, want: f64) {
+        let ok = (got - want).abs() <= self.atol + self.rtol * want.abs();
+        assert!(ok, "{what}: {got} but the reference is {want} (rtol {}, atol {})", self.rtol, self.atol);
+    }
+}
+
+/// An optimizer's state as it would be checkpointed: the tensors and scalars of its burnpack
+/// record, by name (`"{param_id}.{leaf}"`).
+pub struct RecordedState {
+    tensors: std::collections::BTreeMap<String, Vec<f32>>,
+    scalars: std::collections::BTreeMap<String, burn_pack::Scalar>,
+}
+
+impl RecordedState {
+    /// Serialize `record` and read it back.
+    pub fn read(record: burn::optim::OptimizerRecord) -> Self {
+        let reader = burn_pack::Reader::from_bytes(record.into_bytes().expect("record serializes"))
+            .expect("record reads back");
+        let tensors = reader
+            .tensor_names()
+            .into_iter()
+            .map(|name| {
+                let bytes = reader.tensor_data(name).expect("tensor data");
+                let values = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+                (name.to_string(), values)
+            })
+            .collect();
+        Self { tensors, scalars: reader.scalars().clone() }
+    }
+
+    /// The state tensor `leaf` of parameter `id`; a parameter never stepped has `len` zeros.
+    pub fn tensor(&self, id: burn::module::ParamId, leaf: &str, len: usize) -> Vec<f32> {
+        self.tensors.get(&format!("{}.{leaf}", id.val())).cloned().unwrap_or_else(|| vec![0.0; len])
+    }
+
+    /// The integer scalar `leaf` of parameter `id` (0 when absent).
+    pub fn scalar(&self, id: burn::module::ParamId, leaf: &str) -> usize {
+        self.scalars
+            .get(&format!("{}.{leaf}", id.val()))
+            .map(|s| usize::try_from(*s).ok().expect("integer scalar"))
+            .unwrap_or(0)
+    }
+}

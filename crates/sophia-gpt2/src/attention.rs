@@ -1,0 +1,122 @@
+//! Causal self-attention in the Hugging Face GPT-2 layout, with the modern options of
+//! [`Gpt2Config`]: grouped-query attention, rotary position embeddings and QK-norm.
+
+use burn::module::Module;
+use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::tensor::activation::softmax;
+use burn::tensor::{Bool, Device, Tensor, TensorData};
+
+use crate::config::Gpt2Config;
+use crate::init::ParamInit;
+
+/// Causal self-attention: fused `c_attn` (queries, keys, values side by side, Conv1D layout
+/// `[in, out]`), causal softmax, output projection `c_proj`.
+#[derive(Module, Debug)]
+pub struct CausalSelfAttention {
+    /// Fused query/key/value projection, `[n_embd, (n_head + 2·n_kv_head)·head_dim]`.
+    pub c_attn: Linear,
+    /// Output projection `[n_embd, n_embd]`.
+    pub c_proj: Linear,
+    attn_dropout: Dropout,
+    resid_dropout: Dropout,
+    n_head: usize,
+    n_kv_head: usize,
+    rope_theta: Option<f64>,
+    qk_norm_epsilon: Option<f64>,
+}
+
+impl CausalSelfAttention {
+    pub(crate) fn new(config: &Gpt2Config, init: &ParamInit) -> Self {
+        let c = config.n_embd;
+        let qkv = (config.n_head + 2 * config.kv_heads()) * config.head_dim();
+        Self {
+            c_attn: init.linear(c, qkv, config.bias, false),
+            c_proj: init.linear(c, c, config.bias, true),
+            attn_dropout: DropoutConfig::new(config.dropout).init(),
+            resid_dropout: DropoutConfig::new(config.dropout).init(),
+            n_head: config.n_head,
+            n_kv_head: config.kv_heads(),
+            rope_theta: config.rope.then_some(config.rope_theta),
+            qk_norm_epsilon: config.qk_norm.then_some(config.layer_norm_epsilon),
+        }
+    }
+
+    /// `x`: `[batch, seq, n_embd]` → `[batch, seq, n_embd]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [batch, seq, width] = x.dims();
+        let head_dim = width / self.n_head;
+        let (h, kv) = (self.n_head, self.n_kv_head);
+        let qkv = self.c_attn.forward(x);
+        let heads = |start: usize, count: usize| {
+            qkv.clone()
+                .narrow(2, start * head_dim, count * head_dim)
+                .reshape([batch, seq, count, head_dim])
+                .swap_dims(1, 2)
+        };
+        let (mut q, mut k, v) = (heads(0, h), heads(h, kv), heads(h + kv, kv));
+        if let Some(eps) = self.qk_norm_epsilon {
+            q = rms_norm(q, eps);
+            k = rms_norm(k, eps);
+        }
+        if let Some(theta) = self.rope_theta {
+            let (cos, sin) = rotary_tables(seq, head_dim, theta, &q.device());
+            q = rotate(q, cos.clone(), sin.clone());
+            k = rotate(k, cos, sin);
+        }
+        let (k, v) = (repeat_kv(k, h / kv), repeat_kv(v, h / kv));
+
+        let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((head_dim as f64).sqrt());
+        let future = causal_mask(seq, &scores.device()).unsqueeze::<4>().expand([batch, h, seq, seq]);
+        let weights = softmax(scores.mask_fill(future, f32::NEG_INFINITY), 3);
+        let y = self.attn_dropout.forward(weights).matmul(v);
+        let y = y.swap_dims(1, 2).reshape([batch, seq, width]);
+        self.resid_dropout.forward(self.c_proj.forward(y))
+    }
+}
+
+/// `true` where a key position lies in the future of the query position (`key > query`).
+fn causal_mask(seq: usize, device: &Device) -> Tensor<2, Bool> {
+    Tensor::<2, Bool>::tril_mask([seq, seq], 0, device)
+}
+
+/// Each key/value head serves `groups` consecutive query heads.
+fn repeat_kv(x: Tensor<4>, groups: usize) -> Tensor<4> {
+    if groups == 1 {
+        return x;
+    }
+    let [batch, kv, seq, head_dim] = x.dims();
+    x.unsqueeze_dim::<5>(2).expand([batch, kv, groups, seq, head_dim]).reshape([batch, kv * groups, seq, head_dim])
+}
+
+/// Parameter-free RMS normalisation over the last dimension.
+fn rms_norm(x: Tensor<4>, epsilon: f64) -> Tensor<4> {
+    let rms = x.clone().square().mean_dim(3).add_scalar(epsilon).sqrt();
+    x.div(rms)
+}
+
+/// Cosine and sine of the rotary angles `t · θ^(−2i/d)`, `[1, 1, seq, head_dim / 2]`.
+fn rotary_tables(seq: usize, head_dim: usize, theta: f64, device: &Device) -> (Tensor<4>, Tensor<4>) {
+    let half = head_dim / 2;
+    let angles: Vec<f64> = (0..seq)
+        .flat_map(|t| (0..half).map(move |i| t as f64 * theta.powf(-2.0 * i as f64 / head_dim as f64)))
+        .collect();
+    let table = |f: fn(f64) -> f64| {
+        let values: Vec<f32> = angles.iter().map(|&a| f(a) as f32).collect();
+        Tensor::<4>::from_data(TensorData::new(values, [1, 1, seq, half]), device)
+    };
+    (table(f64::cos), table(f64::sin))
+}
+
+/// Rotate the two halves of each head (GPT-NeoX / Llama convention).
+fn rotate(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
+    let half = x.dims()[3] / 2;
+    let x1 = x.clone().narrow(3, 0, half);
+    let x2 = x.narrow(3, half, half);
+    Tensor::cat(
+        vec![
+            x1.clone().mul(cos.clone()).sub(x2.clone().mul(sin.clone())),
+            x2.mul(cos).add(x1.mul(sin)),
+        ],
+        3,
+    )
+}

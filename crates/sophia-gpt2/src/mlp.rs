@@ -1,0 +1,39 @@
+//! The position-wise MLP of a GPT-2 block.
+
+use burn::module::Module;
+use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::tensor::Tensor;
+use burn::tensor::activation::{gelu_approximate, relu};
+
+use crate::config::{Activation, Gpt2Config};
+use crate::init::ParamInit;
+
+/// `c_proj(act(c_fc(x)))` with a 4× hidden width.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    /// `[n_embd, 4·n_embd]`.
+    pub c_fc: Linear,
+    /// `[4·n_embd, n_embd]`.
+    pub c_proj: Linear,
+    dropout: Dropout,
+    relu_squared: bool,
+}
+
+impl Mlp {
+    pub(crate) fn new(config: &Gpt2Config, init: &ParamInit) -> Self {
+        let c = config.n_embd;
+        Self {
+            c_fc: init.linear(c, 4 * c, config.bias, false),
+            c_proj: init.linear(4 * c, c, config.bias, true),
+            dropout: DropoutConfig::new(config.dropout).init(),
+            relu_squared: config.activation == Activation::ReluSquared,
+        }
+    }
+
+    /// `[batch, seq, n_embd]` → `[batch, seq, n_embd]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let hidden = self.c_fc.forward(x);
+        let hidden = if self.relu_squared { relu(hidden).square() } else { gelu_approximate(hidden) };
+        self.dropout.forward(self.c_proj.forward(hidden))
+    }
+}

@@ -1,0 +1,135 @@
+//! GPT-2 in the Hugging Face weight layout (Radford et al. 2019), device-generic.
+//!
+//! ```text
+//! x = wte[ids] + wpe[0..T)                       (no wpe with rotary embeddings)
+//! per block:  x += attn(ln_1(x));  x += mlp(ln_2(x))
+//! logits = ln_f(x) · wteᵀ                        (or a separate lm_head)
+//! ```
+
+use burn::module::{Module, Param};
+use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, Int, Tensor};
+
+use crate::attention::CausalSelfAttention;
+use crate::config::Gpt2Config;
+use crate::error::ModelError;
+use crate::init::ParamInit;
+use crate::mlp::Mlp;
+
+/// One pre-norm transformer block.
+#[derive(Module, Debug)]
+pub struct Block {
+    /// LayerNorm before attention.
+    pub ln_1: LayerNorm,
+    /// Causal self-attention.
+    pub attn: CausalSelfAttention,
+    /// LayerNorm before the MLP.
+    pub ln_2: LayerNorm,
+    /// The MLP.
+    pub mlp: Mlp,
+}
+
+impl Block {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let x = x.clone() + self.attn.forward(self.ln_1.forward(x));
+        x.clone() + self.mlp.forward(self.ln_2.forward(x))
+    }
+}
+
+/// A separate (untied) LM head, stored `[vocab_size, n_embd]` as Hugging Face's `lm_head`.
+#[derive(Module, Debug)]
+pub struct LmHead {
+    /// `[vocab_size, n_embd]`.
+    pub weight: Param<Tensor<2>>,
+}
+
+/// The GPT-2 language model.
+#[derive(Module, Debug)]
+pub struct Gpt2 {
+    /// Token embedding `[vocab_size, n_embd]`, also the LM head unless `untied_head`.
+    pub wte: Embedding,
+    /// Learned position embedding `[block_size, n_embd]` (absent with rotary embeddings).
+    pub wpe: Option<Embedding>,
+    /// The transformer blocks.
+    pub h: Vec<Block>,
+    /// Final LayerNorm.
+    pub ln_f: LayerNorm,
+    /// Separate LM head with `untied_head`.
+    pub lm_head: Option<LmHead>,
+    dropout: Dropout,
+    #[module(skip)]
+    config: Gpt2Config,
+}
+
+impl Gpt2 {
+    /// A freshly initialised model (GPT-2 / nanoGPT init) on `device`, from `seed`.
+    pub fn new(config: &Gpt2Config, device: &Device, seed: u64) -> Result<Self, ModelError> {
+        config.validate()?;
+        device.seed(seed);
+        let init = ParamInit::new(config, device);
+        Ok(Self {
+            wte: init.embedding(config.vocab_size, config.n_embd),
+            wpe: (!config.rope).then(|| init.embedding(config.block_size, config.n_embd)),
+            h: (0..config.n_layer)
+                .map(|_| Block {
+                    ln_1: init.layer_norm(config.n_embd),
+                    attn: CausalSelfAttention::new(config, &init),
+                    ln_2: init.layer_norm(config.n_embd),
+                    mlp: Mlp::new(config, &init),
+                })
+                .collect(),
+            ln_f: init.layer_norm(config.n_embd),
+            lm_head: config.untied_head.then(|| LmHead { weight: init.normal([config.vocab_size, config.n_embd], 0.02) }),
+            dropout: DropoutConfig::new(config.dropout).init(),
+            config: config.clone(),
+        })
+    }
+
+    /// The configuration the model was built from.
+    pub fn config(&self) -> &Gpt2Config {
+        &self.config
+    }
+
+    /// Logits `[batch, seq, vocab_size]` for token ids `[batch, seq]`.
+    pub fn forward(&self, ids: Tensor<2, Int>) -> Result<Tensor<3>, ModelError> {
+        let [batch, seq] = ids.dims();
+        if seq > self.config.block_size {
+            return Err(ModelError::SequenceTooLong { len: seq, block_size: self.config.block_size });
+        }
+        let mut x = self.wte.forward(ids);
+        if let Some(wpe) = &self.wpe {
+            x = x + wpe.weight.val().narrow(0, 0, seq).unsqueeze::<3>();
+        }
+        let mut x = self.dropout.forward(x);
+        for block in &self.h {
+            x = block.forward(x);
+        }
+        let x = self.ln_f.forward(x).reshape([batch * seq, self.config.n_embd]);
+        let head = match &self.lm_head {
+            Some(head) => head.weight.val(),
+            None => self.wte.weight.val(),
+        };
+        let logits = x.matmul(head.transpose()).reshape([batch, seq, self.config.vocab_size]);
+        Ok(match self.config.logit_softcap {
+            Some(cap) => logits.div_scalar(cap).tanh().mul_scalar(cap),
+            None => logits,
+        })
+    }
+
+    /// Mean cross-entropy of the next-token prediction: `forward(ids)` against `targets`.
+    pub fn loss(&self, ids: Tensor<2, Int>, targets: Tensor<2, Int>) -> Result<Tensor<1>, ModelError> {
+        Ok(cross_entropy(self.forward(ids)?, targets))
+    }
+
+    /// Number of parameters (the tied head counted once).
+    pub fn num_params(&self) -> usize {
+        Module::num_params(self)
+    }
+}
+
+/// Mean cross-entropy of `logits` `[batch, seq, vocab]` against integer `targets` `[batch, seq]`,
+/// by gathering the log-probabilities of the targets (no one-hot is built).
+pub fn cross_entropy(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<1> {
+    log_softmax(logits, 2).gather(2, targets.unsqueeze_dim::<3>(2)).mean().neg()
+}

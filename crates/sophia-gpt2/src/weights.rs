@@ -1,0 +1,186 @@
+//! Hugging Face GPT-2 weights in and out (`model.safetensors`).
+//!
+//! Burn's parameter paths are the Hugging Face names except that LayerNorm calls its gain and
+//! bias `gamma` and `beta`. Conv1D weights are stored `[in, out]` by Hugging Face and by Burn's
+//! `Linear` alike, so no tensor is transposed. Files of `GPT2LMHeadModel` prefix every name with
+//! `transformer.`; both forms load. A tied model ignores a `lm_head.weight` in the file.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::tensor::{Tensor, TensorData};
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::ModelError;
+use crate::model::Gpt2;
+
+/// The Hugging Face name of the parameter at Burn path `path`.
+pub fn hf_name(path: &[String]) -> String {
+    let mut parts: Vec<&str> = path.iter().map(String::as_str).collect();
+    if let Some(last) = parts.last_mut() {
+        *last = match *last {
+            "gamma" => "weight",
+            "beta" => "bias",
+            other => other,
+        };
+    }
+    parts.join(".")
+}
+
+impl Gpt2 {
+    /// Replace every parameter with the tensor of the same Hugging Face name in the
+    /// safetensors file at `path` (F32, F16 or BF16; converted to f32).
+    pub fn load_safetensors(self, path: impl AsRef<Path>) -> Result<Self, ModelError> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path)
+            .map_err(|e| ModelError::WeightFile { path: path.display().to_string(), reason: e.to_string() })?;
+        self.load_safetensors_bytes(&bytes).map_err(|e| match e {
+            ModelError::WeightFile { reason, .. } => ModelError::WeightFile { path: path.display().to_string(), reason },
+            other => other,
+        })
+    }
+
+    /// [`load_safetensors`](Self::load_safetensors) from bytes in memory.
+    pub fn load_safetensors_bytes(self, bytes: &[u8]) -> Result<Self, ModelError> {
+        let file = SafeTensors::deserialize(bytes)
+            .map_err(|e| ModelError::WeightFile { path: "<bytes>".into(), reason: format!("not a safetensors file: {e}") })?;
+        let mut loader = Loader { file: &file, path: Vec::new(), error: None };
+        let model = self.map(&mut loader);
+        match loader.error {
+            Some(error) => Err(error),
+            None => Ok(model),
+        }
+    }
+
+    /// Every parameter as `(Hugging Face name, id, shape)`, in module order.
+    pub fn named_params(&self) -> Vec<(String, ParamId, Vec<usize>)> {
+        self.collect(false).into_iter().map(|p| (p.name, p.id, p.shape)).collect()
+    }
+
+    /// All parameters as `(Hugging Face name, f32 data)`, in module order.
+    pub fn named_tensors(&self) -> Vec<(String, TensorData)> {
+        self.collect(true)
+            .into_iter()
+            .map(|p| (p.name, p.data.expect("collected with data").convert::<f32>()))
+            .collect()
+    }
+
+    fn collect(&self, with_data: bool) -> Vec<NamedParam> {
+        let mut collector = Collector { path: Vec::new(), params: Vec::new(), with_data };
+        self.visit(&mut collector);
+        collector.params
+    }
+
+    /// Write the model as a Hugging Face `model.safetensors` (no prefix, tied head omitted),
+    /// atomically: a temporary file beside `path` is renamed over it.
+    pub fn save_safetensors(&self, path: impl AsRef<Path>) -> Result<(), ModelError> {
+        let path = path.as_ref();
+        let io = |e: std::io::Error| ModelError::WeightFile { path: path.display().to_string(), reason: e.to_string() };
+        let tensors = self.named_tensors();
+        let views: BTreeMap<String, safetensors::tensor::TensorView<'_>> = tensors
+            .iter()
+            .map(|(name, data)| {
+                let view = safetensors::tensor::TensorView::new(Dtype::F32, data.shape().to_vec(), data.as_bytes())
+                    .expect("f32 data matches its shape");
+                (name.clone(), view)
+            })
+            .collect();
+        let metadata = Some([("format".to_string(), "pt".to_string())].into());
+        let bytes = safetensors::serialize(views, metadata)
+            .map_err(|e| ModelError::WeightFile { path: path.display().to_string(), reason: e.to_string() })?;
+        let tmp = path.with_extension("safetensors.tmp");
+        std::fs::write(&tmp, bytes).map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+}
+
+fn read_f32(name: &str, view: &safetensors::tensor::TensorView<'_>) -> Result<Vec<f32>, ModelError> {
+    let data = view.data();
+    let values = match view.dtype() {
+        Dtype::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        Dtype::F16 => data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        Dtype::BF16 => data.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        other => return Err(ModelError::UnsupportedDtype { name: name.to_string(), dtype: format!("{other:?}") }),
+    };
+    Ok(values)
+}
+
+struct Loader<'a> {
+    file: &'a SafeTensors<'a>,
+    path: Vec<String>,
+    error: Option<ModelError>,
+}
+
+impl Loader<'_> {
+    fn tensor(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let prefixed = format!("transformer.{name}");
+        let view = self
+            .file
+            .tensor(name)
+            .or_else(|_| self.file.tensor(&prefixed))
+            .map_err(|_| ModelError::MissingTensor { name: name.to_string() })?;
+        if view.shape() != expected {
+            return Err(ModelError::ShapeMismatch { name: name.to_string(), expected: expected.to_vec(), found: view.shape().to_vec() });
+        }
+        read_f32(name, &view)
+    }
+}
+
+impl ModuleMapper for Loader<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if self.error.is_some() {
+            return param;
+        }
+        let name = hf_name(&self.path);
+        let shape = param.shape().dims::<D>().to_vec();
+        match self.tensor(&name, &shape) {
+            Ok(values) => param.map(|old| {
+                let require_grad = old.is_require_grad();
+                let new = Tensor::<D>::from_data(TensorData::new(values, shape), &old.device());
+                if require_grad { new.require_grad() } else { new }
+            }),
+            Err(error) => {
+                self.error = Some(error);
+                param
+            }
+        }
+    }
+}
+
+struct NamedParam {
+    name: String,
+    id: ParamId,
+    shape: Vec<usize>,
+    data: Option<TensorData>,
+}
+
+struct Collector {
+    path: Vec<String>,
+    params: Vec<NamedParam>,
+    with_data: bool,
+}
+
+impl ModuleVisitor for Collector {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let shape = param.shape().dims::<D>().to_vec();
+        let data = self.with_data.then(|| param.val().into_data());
+        self.params.push(NamedParam { name: hf_name(&self.path), id: param.id, shape, data });
+    }
+}

@@ -1,0 +1,255 @@
+//! GPT-2 model behaviour: causality and gradients of every modern option, the label sampler's
+//! distribution, weight round trips, parameter counts and the errors users can hit.
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use sophia_gpt2::{Activation, Gpt2, Gpt2Config, ModelError, SampledLabelHessian};
+use sophia_optim::hutchinson::rademacher;
+
+fn tiny() -> Gpt2Config {
+    Gpt2Config::new(2, 4, 16, 12, 23)
+}
+
+/// Every modern option alone, and all of them together.
+fn variants() -> Vec<(&'static str, Gpt2Config)> {
+    let base = tiny;
+    vec![
+        ("plain", base()),
+        ("rope", Gpt2Config { rope: true, ..base() }),
+        ("qk_norm", Gpt2Config { qk_norm: true, ..base() }),
+        ("relu_squared", Gpt2Config { activation: Activation::ReluSquared, ..base() }),
+        ("untied_head", Gpt2Config { untied_head: true, ..base() }),
+        ("zero_init_projections", Gpt2Config { zero_init_projections: true, ..base() }),
+        ("logit_softcap", Gpt2Config { logit_softcap: Some(2.0), ..base() }),
+        ("gqa", Gpt2Config { n_kv_head: Some(2), ..base() }),
+        ("mqa", Gpt2Config { n_kv_head: Some(1), ..base() }),
+        ("no_bias", Gpt2Config { bias: false, ..base() }),
+        (
+            "all",
+            Gpt2Config {
+                rope: true,
+                qk_norm: true,
+                activation: Activation::ReluSquared,
+                untied_head: true,
+                logit_softcap: Some(3.0),
+                n_kv_head: Some(2),
+                bias: false,
+                ..base()
+            },
+        ),
+    ]
+}
+
+fn tokens(values: &[i64], device: &Device) -> Tensor<2, Int> {
+    Tensor::from_data(TensorData::new(values.to_vec(), [1, values.len()]), device)
+}
+
+fn floats(t: Tensor<3>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+#[test]
+fn changing_a_future_token_never_changes_earlier_logits() {
+    let device = Device::flex();
+    for (name, config) in variants() {
+        let model = Gpt2::new(&config, &device, 1).unwrap();
+        let seq: Vec<i64> = (0..12).map(|i| (i * 7 + 3) % 23).collect();
+        let vocab = config.vocab_size;
+        let base = floats(model.forward(tokens(&seq, &device)).unwrap());
+        for position in [3usize, 8, 11] {
+            let mut changed = seq.clone();
+            changed[position] = (changed[position] + 5) % 23;
+            let after = floats(model.forward(tokens(&changed, &device)).unwrap());
+            let earlier = position * vocab;
+            for i in 0..earlier {
+                assert!((base[i] - after[i]).abs() <= 1e-6, "{name}: logit {i} changed when token {position} changed");
+            }
+            assert!(
+                base[earlier..].iter().zip(&after[earlier..]).any(|(a, b)| a != b),
+                "{name}: changing token {position} changed nothing (the test would prove nothing)"
+            );
+        }
+    }
+}
+
+/// Moves every parameter by `step · u` (u from a Rademacher draw).
+struct Shift<'a> {
+    direction: &'a GradientsParams,
+    step: f64,
+}
+
+impl ModuleMapper for Shift<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let u = self.direction.get::<D>(param.id).unwrap();
+        let step = self.step;
+        param.map(|value| Tensor::from_inner(value.inner().add(u.mul_scalar(step))).require_grad())
+    }
+}
+
+/// The autodiff gradient agrees with a central difference of the loss along a random
+/// direction: ⟨∇L, u⟩ ≈ (L(θ + εu) − L(θ − εu)) / 2ε, extrapolated to ε → 0.
+#[test]
+fn gradients_match_finite_differences_for_every_option() {
+    let device = Device::flex().autodiff();
+    let seq: Vec<i64> = (0..10).map(|i| (i * 5 + 1) % 23).collect();
+    let targets: Vec<i64> = (0..10).map(|i| (i * 3 + 2) % 23).collect();
+    for (name, config) in variants() {
+        // Non-zero projections so every parameter receives a gradient.
+        let config = Gpt2Config { zero_init_projections: false, ..config };
+        let model = Gpt2::new(&config, &device, 2).unwrap();
+        let loss = |m: &Gpt2| m.loss(tokens(&seq, &device), tokens(&targets, &device)).unwrap();
+        let grads = GradientsParams::from_grads(loss(&model).backward(), &model);
+        let u = rademacher(&model, 11);
+        let mut directional = 0.0f64;
+        for (_, id, shape) in model.named_params() {
+            let dot = match shape.len() {
+                1 => grads.get::<1>(id).unwrap().mul(u.get::<1>(id).unwrap()).sum(),
+                _ => grads.get::<2>(id).unwrap().mul(u.get::<2>(id).unwrap()).sum(),
+            };
+            directional += dot.into_scalar::<f64>();
+        }
+        let central = |eps: f64| {
+            let plus = loss(&model.clone().map(&mut Shift { direction: &u, step: eps })).into_scalar::<f64>();
+            let minus = loss(&model.clone().map(&mut Shift { direction: &u, step: -eps })).into_scalar::<f64>();
+            (plus - minus) / (2.0 * eps)
+        };
+        // Richardson extrapolation cancels the O(ε²) error of the central difference, which is
+        // large here because every parameter moves at once.
+        let numeric = (4.0 * central(5e-4) - central(1e-3)) / 3.0;
+        assert!(
+            (numeric - directional).abs() <= 0.01 * directional.abs() + 2e-3,
+            "{name}: directional derivative {directional} but finite difference {numeric}"
+        );
+    }
+}
+
+#[test]
+fn sampled_labels_follow_the_softmax() {
+    // Chi-square goodness of fit on a 5-token vocabulary, 20,000 draws, fixed seed.
+    let device = Device::flex();
+    let logits_row = [1.0f32, 0.0, -1.0, 2.0, 0.5];
+    let positions = 20_000;
+    let logits: Vec<f32> = logits_row.iter().copied().cycle().take(5 * positions).collect();
+    let logits = Tensor::<3>::from_data(TensorData::new(logits, [1, positions, 5]), &device);
+    let labels = SampledLabelHessian::new(42).sample_labels(logits, 0);
+    let labels = labels.into_data().convert::<i64>().try_to_vec::<i64>().unwrap();
+    let mut counts = [0usize; 5];
+    for label in labels {
+        counts[label as usize] += 1;
+    }
+    let z: f64 = logits_row.iter().map(|&l| (l as f64).exp()).sum();
+    let chi2: f64 = logits_row
+        .iter()
+        .zip(counts)
+        .map(|(&l, c)| {
+            let expected = positions as f64 * (l as f64).exp() / z;
+            (c as f64 - expected).powi(2) / expected
+        })
+        .sum();
+    // 4 degrees of freedom: P(χ² > 18.47) = 0.001.
+    assert!(chi2 < 18.47, "counts {counts:?} give chi-square {chi2}");
+    // And the sampler is seeded: the same draw gives the same labels.
+    let a = SampledLabelHessian::new(5).sample_labels(Tensor::zeros([2, 7, 5], &device), 3).into_data();
+    let b = SampledLabelHessian::new(5).sample_labels(Tensor::zeros([2, 7, 5], &device), 3).into_data();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn sampled_label_step_leaves_weights_unchanged() {
+    let device = Device::flex().autodiff();
+    let model = Gpt2::new(&tiny(), &device, 3).unwrap();
+    let before = model.named_tensors();
+    let step = SampledLabelHessian::new(1).gradients(&model, tokens(&[1, 2, 3, 4], &device), 0).unwrap();
+    assert_eq!(model.named_tensors(), before);
+    assert_eq!(step.grads.len(), model.named_params().len());
+    assert!(step.loss.into_scalar::<f64>().is_finite());
+}
+
+#[test]
+fn safetensors_round_trip_is_identical() {
+    let device = Device::flex();
+    let dir = std::env::temp_dir().join(format!("sophia-gpt2-roundtrip-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, config) in [("plain", tiny()), ("untied_rope", Gpt2Config { untied_head: true, rope: true, ..tiny() })] {
+        let path = dir.join(format!("{name}.safetensors"));
+        let model = Gpt2::new(&config, &device, 4).unwrap();
+        model.save_safetensors(&path).unwrap();
+        let loaded = Gpt2::new(&config, &device, 5).unwrap().load_safetensors(&path).unwrap();
+        assert_eq!(loaded.named_tensors(), model.named_tensors(), "{name}");
+        let path2 = dir.join(format!("{name}-2.safetensors"));
+        loaded.save_safetensors(&path2).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(&path2).unwrap(), "{name}: export is stable");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn hf_names_follow_the_gpt2_layout() {
+    let model = Gpt2::new(&tiny(), &Device::flex(), 0).unwrap();
+    let names: Vec<String> = model.named_params().into_iter().map(|(n, _, _)| n).collect();
+    for expected in ["wte.weight", "wpe.weight", "h.0.ln_1.weight", "h.0.ln_1.bias", "h.1.attn.c_attn.weight", "h.1.mlp.c_proj.bias", "ln_f.weight"] {
+        assert!(names.contains(&expected.to_string()), "{expected} missing from {names:?}");
+    }
+}
+
+#[test]
+fn parameter_counts() {
+    // Hugging Face reports 124,439,808 parameters for GPT-2 small.
+    assert_eq!(Gpt2Config::preset("gpt2").unwrap().num_params(), 124_439_808);
+    assert_eq!(Gpt2Config::preset("gpt2-medium").unwrap().num_params(), 354_823_168);
+    for (_, config) in variants() {
+        let model = Gpt2::new(&config, &Device::flex(), 0).unwrap();
+        assert_eq!(model.num_params(), config.num_params());
+    }
+    let millions = |name: &str| Gpt2Config::preset(name).unwrap().num_params() as f64 / 1e6;
+    assert!((0.7..1.5).contains(&millions("cpu-1m")), "{}", millions("cpu-1m"));
+    assert!((7.0..13.0).contains(&millions("cpu-10m")), "{}", millions("cpu-10m"));
+    assert!((25.0..35.0).contains(&millions("cpu-30m")), "{}", millions("cpu-30m"));
+}
+
+#[test]
+fn bad_configs_inputs_and_weights_are_errors() {
+    let device = Device::flex();
+    let err = |r: Result<Gpt2, ModelError>| r.err().expect("must fail").to_string();
+    assert!(err(Gpt2::new(&Gpt2Config::new(1, 3, 16, 8, 10), &device, 0)).contains("divisible by n_head"));
+    assert!(err(Gpt2::new(&Gpt2Config { n_kv_head: Some(3), ..tiny() }, &device, 0)).contains("divisible by n_kv_head"));
+    assert!(Gpt2Config::preset("gpt5").unwrap_err().to_string().contains("cpu-10m"));
+
+    let model = Gpt2::new(&tiny(), &device, 0).unwrap();
+    let long: Vec<i64> = vec![1; 13];
+    assert!(matches!(model.forward(tokens(&long, &device)), Err(ModelError::SequenceTooLong { len: 13, block_size: 12 })));
+
+    // A file of another shape, and a file missing tensors.
+    let dir = std::env::temp_dir().join(format!("sophia-gpt2-errors-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wider = dir.join("wider.safetensors");
+    Gpt2::new(&Gpt2Config::new(2, 4, 32, 12, 23), &device, 0).unwrap().save_safetensors(&wider).unwrap();
+    let message = Gpt2::new(&tiny(), &device, 0).unwrap().load_safetensors(&wider).unwrap_err().to_string();
+    assert!(message.contains("wte.weight") && message.contains("[23, 32]") && message.contains("[23, 16]"), "{message}");
+    let shallow = dir.join("shallow.safetensors");
+    Gpt2::new(&Gpt2Config::new(1, 4, 16, 12, 23), &device, 0).unwrap().save_safetensors(&shallow).unwrap();
+    let message = Gpt2::new(&tiny(), &device, 0).unwrap().load_safetensors(&shallow).unwrap_err().to_string();
+    assert!(message.contains("h.1.ln_1.weight") && message.contains("missing"), "{message}");
+    let garbage = dir.join("garbage.safetensors");
+    std::fs::write(&garbage, b"not a safetensors file").unwrap();
+    let message = Gpt2::new(&tiny(), &device, 0).unwrap().load_safetensors(&garbage).unwrap_err().to_string();
+    assert!(message.contains("garbage.safetensors"), "{message}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn generation_respects_block_size_top_k_and_seed() {
+    let device = Device::flex();
+    let model = Gpt2::new(&tiny(), &device, 6).unwrap();
+    let options = sophia_gpt2::GenerateOptions { max_new_tokens: 100, top_k: Some(1), seed: 1, ..Default::default() };
+    let out = model.generate(&[1, 2, 3], &options).unwrap();
+    assert_eq!(out.len(), 12 - 3, "stops when the sequence fills block_size");
+    // top-k = 1 is greedy: each token is the argmax of the logits.
+    let logits = model.forward(tokens(&[1, 2, 3], &device)).unwrap();
+    let greedy = logits.narrow(1, 2, 1).argmax(2).into_data().convert::<i64>().try_to_vec::<i64>().unwrap()[0];
+    assert_eq!(out[0] as i64, greedy);
+    let sampled = sophia_gpt2::GenerateOptions { max_new_tokens: 5, top_k: None, temperature: 1.0, seed: 9, stop_token: None };
+    assert_eq!(model.generate(&[4], &sampled).unwrap(), model.generate(&[4], &sampled).unwrap());
+    assert!(model.generate(&[99], &sampled).is_err());
+}

@@ -1,0 +1,30 @@
+//! The example programs run and do what they say.
+
+use std::process::Command;
+
+/// The `val loss` values an example printed, in order.
+fn val_losses(stdout: &str) -> Vec<f64> {
+    stdout
+        .lines()
+        .filter_map(|line| line.split("val loss").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(|value| value.parse().expect("a number after `val loss`"))
+        .collect()
+}
+
+#[test]
+fn sophia_regression_example_reduces_the_loss() {
+    let output = Command::new(env!("CARGO_BIN_EXE_sophia_regression")).arg("200").output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let losses = val_losses(&stdout);
+    assert_eq!(losses.len(), 11, "{stdout}");
+    assert!(losses[10] < 0.25 * losses[0], "loss did not fall enough: {losses:?}");
+}
+
+#[test]
+fn sophia_regression_example_rejects_bad_arguments() {
+    let output = Command::new(env!("CARGO_BIN_EXE_sophia_regression")).arg("ten").output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("steps must be a whole number"));
+}

@@ -1,0 +1,54 @@
+//! `cargo xtask`: the project's commands, one place for every workflow a user or CI runs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+mod test;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "sophia-burn project commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Run the whole test suite (CPU backends, golden tests included).
+    Test(test::TestArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Commands::Test(args) => test::run(args),
+    }
+}
+
+/// The workspace root (the parent of this crate's directory).
+pub(crate) fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+/// Run a command from the workspace root, echoing it, and fail with its exit status.
+pub(crate) fn run_command(command: &mut Command) -> anyhow::Result<()> {
+    eprintln!("+ {}", shown(command));
+    let status = command
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("could not start `{}`", shown(command)))?;
+    if !status.success() {
+        bail!("`{}` failed ({status})", shown(command));
+    }
+    Ok(())
+}
+
+fn shown(command: &Command) -> String {
+    std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
