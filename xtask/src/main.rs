@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 mod test;
+mod train;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "sophia-burn project commands")]
@@ -19,11 +20,14 @@ struct Cli {
 enum Commands {
     /// Run the whole test suite (CPU backends, golden tests included).
     Test(test::TestArgs),
+    /// Train a GPT-2 on a real corpus (default: ~10M parameters, Shakespeare, SophiaG, CPU).
+    Train(Box<train::TrainArgs>),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Commands::Test(args) => test::run(args),
+        Commands::Train(args) => train::run(*args),
     }
 }
 

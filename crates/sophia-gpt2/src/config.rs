@@ -88,6 +88,7 @@ pub const PRESETS: &[(&str, &str)] = &[
     ("gpt2-large", "GPT-2 large, 774M (36 layers, 20 heads, 1280 wide)"),
     ("gpt2-xl", "GPT-2 XL, 1.56B (48 layers, 25 heads, 1600 wide)"),
     ("cpu-30m", "about 30M parameters with the GPT-2 vocabulary (6 layers, 8 heads, 384 wide)"),
+    ("cpu-3m", "about 3.4M parameters with the GPT-2 vocabulary (4 layers, 4 heads, 64 wide); the default training run"),
     ("cpu-10m", "about 10M parameters with the GPT-2 vocabulary (4 layers, 4 heads, 160 wide)"),
     ("cpu-1m", "about 1M parameters with the GPT-2 vocabulary (2 layers, 2 heads, 16 wide)"),
 ];
@@ -124,6 +125,7 @@ impl Gpt2Config {
             "gpt2-xl" => (48, 25, 1600, 1024),
             "cpu-30m" => (6, 8, 384, 256),
             "cpu-10m" => (4, 4, 160, 256),
+            "cpu-3m" => (4, 4, 64, 128),
             "cpu-1m" => (2, 2, 16, 128),
             _ => {
                 return Err(ModelError::UnknownPreset {

@@ -20,6 +20,8 @@ mod init;
 mod mlp;
 mod model;
 pub mod data;
+pub mod plot;
+pub mod train;
 pub mod weights;
 
 pub use attention::CausalSelfAttention;

@@ -68,7 +68,7 @@ impl Gpt2 {
         config.validate()?;
         device.seed(seed);
         let init = ParamInit::new(config, device);
-        Ok(Self {
+        let model = Self {
             wte: init.embedding(config.vocab_size, config.n_embd),
             wpe: (!config.rope).then(|| init.embedding(config.block_size, config.n_embd)),
             h: (0..config.n_layer)
@@ -83,7 +83,8 @@ impl Gpt2 {
             lm_head: config.untied_head.then(|| LmHead { weight: init.normal([config.vocab_size, config.n_embd], 0.02) }),
             dropout: DropoutConfig::new(config.dropout).init(),
             config: config.clone(),
-        })
+        };
+        Ok(model.with_stable_ids())
     }
 
     /// The configuration the model was built from.

@@ -53,6 +53,12 @@ impl Gpt2 {
         }
     }
 
+    /// Give every parameter an id derived from its name, so that two models of the same config
+    /// (e.g. a run and its resumption) have the same ids, which optimizer states are keyed by.
+    pub(crate) fn with_stable_ids(self) -> Self {
+        self.map(&mut StableIds { path: Vec::new() })
+    }
+
     /// Every parameter as `(Hugging Face name, id, shape)`, in module order.
     pub fn named_params(&self) -> Vec<(String, ParamId, Vec<usize>)> {
         self.collect(false).into_iter().map(|p| (p.name, p.id, p.shape)).collect()
@@ -182,5 +188,28 @@ impl ModuleVisitor for Collector {
         let shape = param.shape().dims::<D>().to_vec();
         let data = self.with_data.then(|| param.val().into_data());
         self.params.push(NamedParam { name: hf_name(&self.path), id: param.id, shape, data });
+    }
+}
+
+struct StableIds {
+    path: Vec<String>,
+}
+
+impl ModuleMapper for StableIds {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        // FNV-1a of the name: stable across runs, platforms and Rust versions.
+        let id = hf_name(&self.path)
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| (hash ^ byte as u64).wrapping_mul(0x0100_0000_01b3));
+        let (_, value, mapper) = param.consume();
+        Param::from_mapped_value(ParamId::from(id), value, mapper)
     }
 }

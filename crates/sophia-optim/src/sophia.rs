@@ -31,7 +31,7 @@
 //! fraction of such coordinates (official guidance: keep it between 0.1 and 0.5 by tuning `ρ`).
 
 use burn::config::Config;
-use burn::module::Module;
+use burn::module::{Module, ParamGroup};
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
 use burn::optim::{GradientsParams, ModuleOptimizer, Optimizer, OptimizerRecord, RecordState};
 use burn::store::RecordError;
@@ -388,6 +388,16 @@ impl SophiaOptimizer {
     /// Optimize every parameter of a module with `sophia`.
     pub fn new(sophia: Sophia) -> Self {
         Self { optim: ModuleOptimizer::from(sophia.clone()), sophia }
+    }
+
+    /// Use another weight decay for the parameters of `group` (e.g. none for biases and
+    /// LayerNorm gains); everything else, the control handle included, is shared. See
+    /// [`ModuleOptimizer::with_group`] for how groups match.
+    pub fn with_weight_decay_group(mut self, group: ParamGroup, weight_decay: f64) -> Result<Self, ConfigError> {
+        Validator::new("Sophia").non_negative("weight_decay", weight_decay)?;
+        let sophia = Sophia { weight_decay, ..self.sophia.clone() };
+        self.optim = self.optim.with_group(group, sophia, None);
+        Ok(self)
     }
 
     /// Take one update step with the training gradients.

@@ -1,0 +1,213 @@
+//! The training pipeline end to end on a tiny model and a generated corpus: exact resumption
+//! after a crash, checkpoints, and a clear error for every bad input.
+
+use std::path::{Path, PathBuf};
+
+use sophia_gpt2::data::{BatchSampler, DataError, Gpt2Tokenizer, TokenFile, prepare};
+use sophia_gpt2::train::{Backend, NonFinitePolicy, OptimizerKind, RunOptions, TrainConfig, TrainError, metrics, train};
+use sophia_gpt2::Gpt2Config;
+
+/// A fresh directory for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sophia-train-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// About 20k tokens of generated English-like text.
+fn corpus(dir: &Path) -> PathBuf {
+    let words = ["the", "king", "queen", "speaks", "to", "his", "her", "loyal", "friend", "and", "enemy", "of", "Rome", "with", "love", "war"];
+    let mut state = 12345u64;
+    let mut text = String::new();
+    for i in 0..16_000 {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        text.push_str(words[(state >> 33) as usize % words.len()]);
+        text.push(if i % 11 == 10 { '\n' } else { ' ' });
+    }
+    let path = dir.join("corpus.txt");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn tiny(dir: &Path, optimizer: OptimizerKind) -> TrainConfig {
+    TrainConfig {
+        name: format!("{optimizer}"),
+        out_dir: dir.join("runs"),
+        data: corpus(dir).display().to_string(),
+        data_dir: dir.join("data"),
+        model: Some(Gpt2Config::new(1, 2, 16, 16, 50_257)),
+        block_size: None,
+        optimizer,
+        lr: 1e-2,
+        min_lr: 1e-3,
+        warmup_steps: 1,
+        max_steps: 6,
+        hessian_interval: 2,
+        batch_size: 4,
+        eval_interval: 3,
+        eval_batches: 2,
+        log_interval: 1,
+        checkpoint_interval: 2,
+        sample_tokens: 4,
+        plots: false,
+        ..TrainConfig::default()
+    }
+}
+
+/// The log without wall-clock fields, which differ between runs.
+fn losses(run_dir: &Path) -> Vec<String> {
+    metrics::read(&run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .into_iter()
+        .map(|r| format!("{} {} {} {:?} {:?} {:?} {:?} {:?}", r.kind, r.step, r.tokens, r.lr, r.train_loss, r.val_loss, r.grad_norm, r.win_rate))
+        .collect()
+}
+
+#[test]
+fn a_crashed_run_resumes_exactly() {
+    for optimizer in [OptimizerKind::SophiaG, OptimizerKind::SophiaH, OptimizerKind::AdamW] {
+        let dir = scratch(&format!("resume-{optimizer}"));
+        let config = tiny(&dir, optimizer);
+        let run_dir = config.out_dir.join(&config.name);
+
+        let whole = train(&config, &RunOptions::default()).unwrap();
+        let expected = losses(&run_dir);
+        assert_eq!(expected.iter().filter(|l| l.starts_with("train")).count(), 6, "{expected:?}");
+        std::fs::remove_dir_all(&run_dir).unwrap();
+
+        // Killed after step 5: the last checkpoint is step 4, the log already has step 5.
+        let crashed = train(&config, &RunOptions { stop_after: Some(5), ..RunOptions::default() });
+        assert!(crashed.is_err());
+        let resumed = train(&config, &RunOptions { resume: true, ..RunOptions::default() }).unwrap();
+        assert_eq!(losses(&run_dir), expected, "{optimizer}: resumed run differs");
+        assert_eq!(resumed.final_val_loss, whole.final_val_loss);
+        // Only the newest checkpoints are kept, each complete.
+        let kept: Vec<_> = std::fs::read_dir(run_dir.join("checkpoints")).unwrap().flatten().map(|e| e.file_name().into_string().unwrap()).collect();
+        assert!(kept.contains(&"step-000006".to_string()) && kept.contains(&"latest".to_string()), "{kept:?}");
+        assert!(!kept.iter().any(|k| k.ends_with(".partial")), "{kept:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[test]
+fn training_reduces_the_loss_and_writes_its_outputs() {
+    let dir = scratch("outputs");
+    let config = TrainConfig { max_steps: 12, eval_interval: 12, plots: true, lr: 2e-2, ..tiny(&dir, OptimizerKind::SophiaG) };
+    let summary = train(&config, &RunOptions::default()).unwrap();
+    let run_dir = config.out_dir.join(&config.name);
+    for file in ["config.json", "metrics.jsonl", "summary.json", "samples.txt", "model.safetensors", "training.png", "training.svg"] {
+        assert!(run_dir.join(file).is_file(), "{file} missing");
+    }
+    let log = metrics::read(&run_dir.join("metrics.jsonl")).unwrap();
+    let first = log.first().unwrap().train_loss.unwrap();
+    assert!(summary.final_val_loss < first - 1.0, "val {} vs first train loss {first}", summary.final_val_loss);
+    assert!(summary.refreshes == 6, "{summary:?}");
+    // A second run with the same name is refused instead of overwriting it.
+    let again = train(&config, &RunOptions::default()).unwrap_err().to_string();
+    assert!(again.contains("--resume"), "{again}");
+    // Resuming with another model is refused.
+    let other = TrainConfig { model: Some(Gpt2Config::new(1, 2, 32, 16, 50_257)), ..config.clone() };
+    let refused = train(&other, &RunOptions { resume: true, ..RunOptions::default() }).unwrap_err().to_string();
+    assert!(refused.contains("different run") && refused.contains("model config"), "{refused}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn diverging_runs_stop_or_skip() {
+    let dir = scratch("nan");
+    // Lion's sign steps of size 1e30 overflow the weights within two steps.
+    let config = TrainConfig { lr: 1e30, min_lr: 0.0, weight_decay: 0.0, grad_clip: 0.0, ..tiny(&dir, OptimizerKind::Lion) };
+    let error = train(&config, &RunOptions::default()).unwrap_err();
+    assert!(matches!(error, TrainError::NonFinite { .. }), "{error}");
+    let message = error.to_string();
+    assert!(message.contains("at step") && message.contains("checkpoint"), "{message}");
+    let skip = TrainConfig { name: "skip".into(), on_nonfinite: NonFinitePolicy::Skip, ..config };
+    let error = train(&skip, &RunOptions::default());
+    let log = metrics::read(&skip.out_dir.join("skip").join("metrics.jsonl")).unwrap();
+    assert!(log.iter().any(|r| r.skipped), "skipped steps are logged: {error:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_inputs_are_clear_errors() {
+    let dir = scratch("bad");
+    let base = tiny(&dir, OptimizerKind::AdamW);
+    let err = |config: &TrainConfig| train(config, &RunOptions::default()).unwrap_err().to_string();
+
+    let empty = dir.join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    assert!(err(&TrainConfig { data: empty.display().to_string(), ..base.clone() }).contains("empty"));
+
+    let binary = dir.join("binary.txt");
+    std::fs::write(&binary, [0x66, 0x6f, 0xff, 0xfe, 0x00]).unwrap();
+    let message = err(&TrainConfig { data: binary.display().to_string(), ..base.clone() });
+    assert!(message.contains("not UTF-8") && message.contains("binary.txt"), "{message}");
+
+    let short = dir.join("short.txt");
+    std::fs::write(&short, "To be or not to be, that is the question.").unwrap();
+    let message = err(&TrainConfig { data: short.display().to_string(), ..base.clone() });
+    assert!(message.contains("too few") && message.contains("block_size"), "{message}");
+
+    let message = err(&TrainConfig { data: "no-such-corpus".into(), ..base.clone() });
+    assert!(message.contains("unknown corpus") && message.contains("shakespeare"), "{message}");
+
+    let message = err(&TrainConfig { model: None, preset: "gpt-9".into(), ..base.clone() });
+    assert!(message.contains("unknown model preset"), "{message}");
+
+    let message = err(&TrainConfig { batch_size: 0, ..base.clone() });
+    assert!(message.contains("batch_size"), "{message}");
+    let message = err(&TrainConfig { warmup_steps: 6, ..base.clone() });
+    assert!(message.contains("warmup_steps"), "{message}");
+    let message = err(&TrainConfig { block_size: Some(64), ..base.clone() });
+    assert!(message.contains("block_size 64 exceeds"), "{message}");
+    let message = err(&TrainConfig { rho: -1.0, optimizer: OptimizerKind::SophiaG, ..base.clone() });
+    assert!(message.contains("rho") && message.contains("-1"), "{message}");
+
+    assert!("metal".parse::<Backend>().unwrap_err().contains("flex, ndarray, wgpu, vulkan, cuda"));
+    if !Backend::Wgpu.is_compiled() {
+        let message = err(&TrainConfig { backend: Backend::Wgpu, ..base.clone() });
+        assert!(message.contains("--features wgpu"), "{message}");
+    }
+
+    // A truncated token file.
+    let bin = dir.join("truncated.bin");
+    std::fs::write(&bin, [1u8, 0, 2]).unwrap();
+    let message = TokenFile::open(&bin, 50_257).err().unwrap().to_string();
+    assert!(message.contains("truncated"), "{message}");
+    let bin = dir.join("out-of-range.bin");
+    std::fs::write(&bin, 60_000u16.to_le_bytes()).unwrap();
+    assert!(matches!(TokenFile::open(&bin, 50_257), Err(DataError::CorruptTokens { .. })));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn tokenizer_and_batches() {
+    let tokenizer = Gpt2Tokenizer::new();
+    assert_eq!(tokenizer.encode("Hello world"), vec![15496, 995]);
+    assert_eq!(tokenizer.decode(&[15496, 995]).unwrap(), "Hello world");
+
+    let dir = scratch("batches");
+    let prepared = prepare(&corpus(&dir).display().to_string(), &dir.join("data"), 0.1, &mut |_| {}).unwrap();
+    let (train_tokens, val_tokens) = (prepared.train().unwrap(), prepared.val().unwrap());
+    assert_eq!(train_tokens.len(), prepared.meta.train_tokens);
+    assert_eq!(val_tokens.len(), prepared.meta.val_tokens);
+    let ratio = prepared.meta.val_tokens as f64 / (prepared.meta.train_tokens + prepared.meta.val_tokens) as f64;
+    assert!((ratio - 0.1).abs() < 0.01, "{ratio}");
+    assert!(prepared.meta.unigram_val_loss > 1.0 && prepared.meta.unigram_val_loss < 5.0, "{:?}", prepared.meta);
+
+    let sampler = BatchSampler::new(7, 3, 8);
+    let a = sampler.batch(&train_tokens, 0, 5);
+    assert_eq!(a, sampler.batch(&train_tokens, 0, 5), "a batch is a function of its index");
+    assert_ne!(a, sampler.batch(&train_tokens, 0, 6));
+    assert_ne!(a, sampler.batch(&train_tokens, 1, 5));
+    // Targets are the inputs shifted by one token.
+    for row in 0..3 {
+        assert_eq!(a.inputs[row * 8 + 1..row * 8 + 8], a.targets[row * 8..row * 8 + 7]);
+    }
+    // Prepared data is reused when the text is unchanged.
+    let mut lines = Vec::new();
+    prepare(&corpus(&dir).display().to_string(), &dir.join("data"), 0.1, &mut |l| lines.push(l.to_string())).unwrap();
+    assert!(lines.iter().any(|l| l.contains("using prepared tokens")), "{lines:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

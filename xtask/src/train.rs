@@ -1,0 +1,147 @@
+//! `cargo xtask train`: train a GPT-2 on a real corpus (Shakespeare by default) on the chosen
+//! backend, with progress, evaluation, samples, checkpoints, plots and a summary.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use sophia_gpt2::train::{Backend, OptimizerKind, RunOptions, TrainConfig, train};
+
+#[derive(Args, Debug, Default)]
+pub(crate) struct TrainArgs {
+    /// A JSON or TOML file with any subset of the run's settings (the rest keep their defaults).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// A named hyperparameter preset, e.g. `paper-125m-sophiag` or `cpu-adamw`.
+    #[arg(long)]
+    hyperparameters: Option<String>,
+    /// Backend: flex, ndarray, wgpu, vulkan, cuda.
+    #[arg(long)]
+    backend: Option<Backend>,
+    /// Optimizer: sophiag, sophiah, adamw, lion, tiger, muon.
+    #[arg(long)]
+    optimizer: Option<OptimizerKind>,
+    /// Model preset: cpu-1m, cpu-10m, cpu-30m, gpt2, gpt2-medium, gpt2-large, gpt2-xl.
+    #[arg(long)]
+    preset: Option<String>,
+    /// Corpus name (shakespeare) or a path to a UTF-8 text file or folder.
+    #[arg(long)]
+    data: Option<String>,
+    /// Run name (the run directory is runs/NAME).
+    #[arg(long)]
+    name: Option<String>,
+    /// Optimizer steps.
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Peak learning rate.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Sequences per micro-batch.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Micro-batches per optimizer step.
+    #[arg(long)]
+    grad_accum: Option<usize>,
+    /// Context length.
+    #[arg(long)]
+    block_size: Option<usize>,
+    /// Random seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Any other setting, as `key=value` (value parsed as JSON, else taken as a string), e.g.
+    /// `--set rho=0.03 --set decay=matrices`. Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Continue the run from its latest checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Print the effective config and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+/// The effective config: defaults, then the file, the preset, the flags and `--set`.
+pub(crate) fn config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
+    let mut config = match &args.config {
+        Some(path) => TrainConfig::from_file(path).map_err(anyhow::Error::msg)?,
+        None => TrainConfig::default(),
+    };
+    if let Some(name) = &args.hyperparameters {
+        config = config.with_hyperparameters(name).map_err(anyhow::Error::msg)?;
+    }
+    let mut value = serde_json::to_value(&config)?;
+    let object = value.as_object_mut().expect("the config is an object");
+    let mut set = |key: &str, v: serde_json::Value| object.insert(key.to_string(), v);
+    if let Some(v) = args.backend {
+        set("backend", serde_json::to_value(v)?);
+    }
+    if let Some(v) = args.optimizer {
+        set("optimizer", serde_json::to_value(v)?);
+    }
+    if let Some(v) = &args.preset {
+        set("preset", v.as_str().into());
+    }
+    if let Some(v) = &args.data {
+        set("data", v.as_str().into());
+    }
+    if let Some(v) = &args.name {
+        set("name", v.as_str().into());
+    }
+    if let Some(v) = args.steps {
+        set("max_steps", v.into());
+    }
+    if let Some(v) = args.lr {
+        set("lr", v.into());
+    }
+    if let Some(v) = args.batch_size {
+        set("batch_size", v.into());
+    }
+    if let Some(v) = args.grad_accum {
+        set("grad_accum", v.into());
+    }
+    if let Some(v) = args.block_size {
+        set("block_size", v.into());
+    }
+    if let Some(v) = args.seed {
+        set("seed", v.into());
+    }
+    for item in &args.set {
+        let (key, raw) = item.split_once('=').with_context(|| format!("--set expects KEY=VALUE, got `{item}`"))?;
+        let v = serde_json::from_str(raw).unwrap_or_else(|_| serde_json::Value::String(raw.to_string()));
+        set(key.trim(), v);
+    }
+    let config: TrainConfig = serde_json::from_value(value).context("invalid setting")?;
+    config.validate().map_err(anyhow::Error::msg)?;
+    Ok(config)
+}
+
+pub(crate) fn run(args: TrainArgs) -> anyhow::Result<()> {
+    let config = config(&args)?;
+    if args.print_config {
+        println!("{}", serde_json::to_string_pretty(&config)?);
+        return Ok(());
+    }
+    let options = RunOptions { resume: args.resume, progress_bar: std::io::IsTerminal::is_terminal(&std::io::stderr()), stop_after: None };
+    let summary = match train(&config, &options) {
+        Ok(summary) => summary,
+        Err(error) => bail!("{error}"),
+    };
+    println!();
+    println!("run            {}", summary.run_dir.display());
+    println!("optimizer      {} ({} parameters)", summary.optimizer, summary.parameters);
+    println!("steps          {} ({} tokens in {:.0} s, {:.0} tokens/s)", summary.steps, summary.tokens, summary.seconds, summary.tokens_per_sec);
+    println!("val loss       {:.4} (best {:.4}; unigram baseline {:.4})", summary.final_val_loss, summary.best_val_loss, summary.unigram_val_loss);
+    if summary.refreshes > 0 {
+        println!(
+            "hessian        {} refreshes, {:.1}% of wall time, final win rate {}",
+            summary.refreshes,
+            100.0 * summary.hessian_time_fraction,
+            summary.final_win_rate.map_or("-".into(), |w| format!("{w:.3}"))
+        );
+    }
+    if config.plots {
+        println!("plots          {}", summary.run_dir.join("training.png").display());
+    }
+    println!("model          {}", summary.run_dir.join("model.safetensors").display());
+    Ok(())
+}
