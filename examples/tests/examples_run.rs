@@ -28,3 +28,21 @@ fn sophia_regression_example_rejects_bad_arguments() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("steps must be a whole number"));
 }
+
+#[test]
+fn learner_example_trains_with_sophia_refreshes() {
+    let dir = std::env::temp_dir().join(format!("sophia-learner-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text: String = (0..4000).map(|i| ["the king ", "and queen ", "of Rome ", "speak\n"][i % 4]).collect();
+    std::fs::write(dir.join("corpus.txt"), text).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_learner_gpt2"))
+        .args([dir.join("corpus.txt").to_str().unwrap(), "10", dir.join("run").to_str().unwrap()])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("trained 10 iterations with 2 Hessian refreshes"), "{stdout}");
+    assert!(dir.join("run/checkpoint").is_dir(), "Learner checkpoints are written");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -6,6 +6,7 @@ use std::process::Command;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod test;
 mod train;
 
@@ -20,14 +21,17 @@ struct Cli {
 enum Commands {
     /// Run the whole test suite (CPU backends, golden tests included).
     Test(test::TestArgs),
-    /// Train a GPT-2 on a real corpus (default: ~10M parameters, Shakespeare, SophiaG, CPU).
+    /// Train a GPT-2 on a real corpus (default: 3.4M parameters, Shakespeare, SophiaG, CPU).
     Train(Box<train::TrainArgs>),
+    /// Benchmarks, written as JSON and plotted (results/).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Commands::Test(args) => test::run(args),
         Commands::Train(args) => train::run(*args),
+        Commands::Bench(args) => bench::run(args),
     }
 }
 

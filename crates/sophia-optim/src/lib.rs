@@ -29,6 +29,9 @@
 //! # Ok(()) }
 //! ```
 
+#[macro_use]
+mod constructors;
+
 mod clip;
 mod control;
 mod error;

@@ -198,27 +198,6 @@ impl SophiaGConfig {
             },
         ))
     }
-
-    /// Build the bare optimizer, for [`ModuleOptimizer::with_group`].
-    ///
-    /// # Panics
-    /// On an invalid config, with the message of [`try_build`](Self::try_build).
-    pub fn build(&self) -> Sophia {
-        self.try_build().unwrap_or_else(|err| panic!("{err}"))
-    }
-
-    /// Initialize SophiaG for a whole module, or say which field is invalid.
-    pub fn try_init(&self) -> Result<SophiaOptimizer, ConfigError> {
-        self.try_build().map(SophiaOptimizer::new)
-    }
-
-    /// Initialize SophiaG for a whole module.
-    ///
-    /// # Panics
-    /// On an invalid config, with the message of [`try_init`](Self::try_init).
-    pub fn init(&self) -> SophiaOptimizer {
-        SophiaOptimizer::new(self.build())
-    }
 }
 
 impl SophiaHConfig {
@@ -244,28 +223,10 @@ impl SophiaHConfig {
             HessianEstimator::Hutchinson { gamma: self.gamma, epsilon: self.epsilon },
         ))
     }
-
-    /// Build the bare optimizer, for [`ModuleOptimizer::with_group`].
-    ///
-    /// # Panics
-    /// On an invalid config, with the message of [`try_build`](Self::try_build).
-    pub fn build(&self) -> Sophia {
-        self.try_build().unwrap_or_else(|err| panic!("{err}"))
-    }
-
-    /// Initialize SophiaH for a whole module, or say which field is invalid.
-    pub fn try_init(&self) -> Result<SophiaOptimizer, ConfigError> {
-        self.try_build().map(SophiaOptimizer::new)
-    }
-
-    /// Initialize SophiaH for a whole module.
-    ///
-    /// # Panics
-    /// On an invalid config, with the message of [`try_init`](Self::try_init).
-    pub fn init(&self) -> SophiaOptimizer {
-        SophiaOptimizer::new(self.build())
-    }
 }
+
+constructors!(SophiaGConfig, Sophia, SophiaOptimizer, "SophiaG");
+constructors!(SophiaHConfig, Sophia, SophiaOptimizer, "SophiaH");
 
 impl Sophia {
     fn new(beta_1: f64, beta_2: f64, weight_decay: f64, hessian_interval: usize, estimator: HessianEstimator) -> Self {
@@ -361,6 +322,12 @@ impl Optimizer for Sophia {
             hessian: state.hessian.to_device(device),
             step: state.step,
         }
+    }
+}
+
+impl From<Sophia> for SophiaOptimizer {
+    fn from(sophia: Sophia) -> Self {
+        Self::new(sophia)
     }
 }
 

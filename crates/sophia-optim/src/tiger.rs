@@ -64,28 +64,9 @@ impl TigerConfig {
         self.validate()?;
         Ok(Tiger { beta: self.beta, weight_decay: self.weight_decay, scale_by_rms: self.scale_by_rms })
     }
-
-    /// Build the bare optimizer, for [`ModuleOptimizer::with_group`].
-    ///
-    /// # Panics
-    /// On an invalid config, with the message of [`try_build`](Self::try_build).
-    pub fn build(&self) -> Tiger {
-        self.try_build().unwrap_or_else(|err| panic!("{err}"))
-    }
-
-    /// Initialize Tiger for a whole module, or say which field is invalid.
-    pub fn try_init(&self) -> Result<ModuleOptimizer, ConfigError> {
-        self.try_build().map(ModuleOptimizer::from)
-    }
-
-    /// Initialize Tiger for a whole module.
-    ///
-    /// # Panics
-    /// On an invalid config, with the message of [`try_init`](Self::try_init).
-    pub fn init(&self) -> ModuleOptimizer {
-        ModuleOptimizer::from(self.build())
-    }
 }
+
+constructors!(TigerConfig, Tiger, ModuleOptimizer, "Tiger");
 
 impl Optimizer for Tiger {
     type State<const D: usize> = TigerState<D>;

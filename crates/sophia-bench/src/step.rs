@@ -1,0 +1,184 @@
+//! `bench step`: per-step optimizer time on the parameters of a GPT-2 preset.
+//!
+//! For every optimizer the same model and the same gradients are used; each step is timed
+//! including a device synchronisation (reading one value of the updated weights), after
+//! warm-up steps that create the optimizer state. Repetitions are interleaved across optimizers
+//! so that machine noise affects all of them alike; the ratios to AdamW are computed from the
+//! medians of one run.
+
+use std::path::Path;
+use std::time::Instant;
+
+use burn::optim::GradientsParams;
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+use sophia_gpt2::plot::{Panel, Series};
+use sophia_gpt2::{Gpt2, Gpt2Config};
+use sophia_gpt2::train::{OptimizerKind, RunOptimizer, TrainConfig};
+
+/// Timings of one optimizer on one preset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepTiming {
+    /// Optimizer name.
+    pub optimizer: String,
+    /// Model preset whose parameters were stepped.
+    pub preset: String,
+    /// Number of parameters.
+    pub parameters: usize,
+    /// Seconds per step: fastest, median, slowest repetition.
+    pub min_secs: f64,
+    /// Median seconds per step.
+    pub median_secs: f64,
+    /// Slowest repetition.
+    pub max_secs: f64,
+    /// Median nanoseconds per parameter.
+    pub ns_per_param: f64,
+    /// Median time relative to AdamW's median in the same run.
+    pub ratio_to_adamw: f64,
+}
+
+/// The JSON written by `bench step`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepReport {
+    /// Backend the steps ran on.
+    pub backend: String,
+    /// Repetitions per optimizer.
+    pub repetitions: usize,
+    /// One entry per optimizer and preset.
+    pub timings: Vec<StepTiming>,
+}
+
+/// The optimizers compared, built exactly as a training run builds them (Muon on the blocks'
+/// matrices with AdamW on the rest; weight decay on the linear weights).
+const OPTIMIZERS: [OptimizerKind; 6] = [
+    OptimizerKind::AdamW,
+    OptimizerKind::SophiaG,
+    OptimizerKind::SophiaH,
+    OptimizerKind::Lion,
+    OptimizerKind::Tiger,
+    OptimizerKind::Muon,
+];
+
+/// Gradients of the model's own loss on a fixed batch: realistic magnitudes, every parameter.
+fn gradients(model: &Gpt2, device: &Device) -> GradientsParams {
+    use burn::tensor::{Int, Tensor, TensorData};
+    let block = model.config().block_size.min(32);
+    let ids: Vec<i64> = (0..2 * block).map(|i| (i * 7919 % 50_000) as i64).collect();
+    let inputs = Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [2, block]), device);
+    let targets = Tensor::<2, Int>::from_data(TensorData::new(ids.iter().map(|i| (i + 1) % 50_000).collect::<Vec<_>>(), [2, block]), device);
+    let loss = model.loss(inputs, targets).expect("the batch fits the model");
+    GradientsParams::from_grads(loss.backward(), model)
+}
+
+/// Time every optimizer's step on the parameters of each preset.
+pub fn run(presets: &[&str], repetitions: usize, device: &Device, backend: &str, progress: &mut dyn FnMut(&str)) -> Result<StepReport, String> {
+    let mut timings = Vec::new();
+    for &preset in presets {
+        let config = Gpt2Config::preset(preset).map_err(|e| e.to_string())?;
+        let model = Gpt2::new(&config, device, 0).map_err(|e| e.to_string())?;
+        let parameters = model.num_params();
+        let grads = gradients(&model, device);
+        let tokens_per_step = 480 * config.block_size;
+        let mut runs = Vec::new();
+        for kind in OPTIMIZERS {
+            let settings = TrainConfig { optimizer: kind, ..TrainConfig::default() };
+            let optimizer = RunOptimizer::new(&settings, &model, tokens_per_step)?;
+            runs.push((kind.to_string(), optimizer, model.clone(), Vec::new()));
+        }
+        for round in 0..repetitions + 2 {
+            for (name, stepper, model, times) in runs.iter_mut() {
+                let grads = grads_clone(&grads, model);
+                let started = Instant::now();
+                *model = stepper.step(1e-4, model.clone(), grads);
+                sync(model);
+                if round >= 2 {
+                    times.push(started.elapsed().as_secs_f64());
+                } else if round == 1 {
+                    progress(&format!("{preset}: {name} warmed up"));
+                }
+            }
+        }
+        let median = |times: &mut Vec<f64>| {
+            times.sort_by(f64::total_cmp);
+            times[times.len() / 2]
+        };
+        let adamw = median(&mut runs[0].3);
+        for (name, _, _, mut times) in runs {
+            let m = median(&mut times);
+            timings.push(StepTiming {
+                optimizer: name,
+                preset: preset.into(),
+                parameters,
+                min_secs: times[0],
+                median_secs: m,
+                max_secs: times[times.len() - 1],
+                ns_per_param: m * 1e9 / parameters as f64,
+                ratio_to_adamw: m / adamw,
+            });
+        }
+    }
+    Ok(StepReport { backend: backend.into(), repetitions, timings })
+}
+
+/// Gradients are consumed by a step: give each step its own copy (cheap, reference-counted).
+fn grads_clone(grads: &GradientsParams, model: &Gpt2) -> GradientsParams {
+    let mut copy = GradientsParams::new();
+    for (_, id, shape) in model.named_params() {
+        match shape.len() {
+            1 => copy.register(id, grads.get::<1>(id).expect("every parameter has a gradient")),
+            _ => copy.register(id, grads.get::<2>(id).expect("every parameter has a gradient")),
+        }
+    }
+    copy
+}
+
+/// Wait for the device by reading one value of the updated model.
+fn sync(model: &Gpt2) {
+    let _ = model.ln_f.gamma.val().narrow(0, 0, 1).into_scalar::<f32>();
+}
+
+/// Write `report` as JSON and draw `stem.png` / `stem.svg` from it.
+pub fn write(report: &StepReport, json: &Path) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
+    std::fs::write(json, text).map_err(|e| format!("{}: {e}", json.display()))?;
+    plot(report, &json.with_extension(""))
+}
+
+/// Plot a step report (also usable on JSON measured elsewhere): nanoseconds per parameter and
+/// the ratio to AdamW against model size, one line per optimizer.
+pub fn plot(report: &StepReport, stem: &Path) -> Result<(), String> {
+    let mut names: Vec<&str> = report.timings.iter().map(|t| t.optimizer.as_str()).collect();
+    names.sort();
+    names.dedup();
+    let series = |value: fn(&StepTiming) -> f64| -> Vec<Series> {
+        names
+            .iter()
+            .map(|name| Series {
+                label: (*name).into(),
+                points: report
+                    .timings
+                    .iter()
+                    .filter(|t| t.optimizer == *name)
+                    .map(|t| (t.parameters as f64 / 1e6, value(t)))
+                    .collect(),
+            })
+            .collect()
+    };
+    let panels = [
+        Panel {
+            title: format!("Optimizer step cost ({})", report.backend),
+            x_label: "parameters (millions)".into(),
+            y_label: "ns per parameter (median)".into(),
+            log_y: true,
+            series: series(|t| t.ns_per_param),
+        },
+        Panel {
+            title: "Step time relative to AdamW".into(),
+            x_label: "parameters (millions)".into(),
+            y_label: "median / AdamW median".into(),
+            log_y: false,
+            series: series(|t| t.ratio_to_adamw),
+        },
+    ];
+    sophia_gpt2::plot::draw(stem, &panels)
+}
