@@ -11,14 +11,14 @@
 //!   gradient `ĝ` for [`SophiaOptimizer::refresh`](sophia_optim::SophiaOptimizer::refresh).
 //! - [`GenerateOptions`] / [`Gpt2::generate`]: temperature and top-k sampling.
 
-mod attention;
-mod config;
+pub mod attention;
+pub mod config;
 mod error;
-mod generate;
-mod hessian;
+pub mod generate;
+pub mod hessian;
 mod init;
-mod mlp;
-mod model;
+pub mod mlp;
+pub mod model;
 pub mod data;
 pub mod plot;
 pub mod train;

@@ -253,3 +253,25 @@ fn generation_respects_block_size_top_k_and_seed() {
     assert_eq!(model.generate(&[4], &sampled).unwrap(), model.generate(&[4], &sampled).unwrap());
     assert!(model.generate(&[99], &sampled).is_err());
 }
+
+#[test]
+fn loads_gpt2_lm_head_model_files_with_the_transformer_prefix() {
+    // GPT2LMHeadModel checkpoints prefix every name with `transformer.` and may carry the tied
+    // `lm_head.weight`; both load into the same tensors.
+    let device = Device::flex();
+    let model = Gpt2::new(&tiny(), &device, 8).unwrap();
+    let mut tensors = model.named_tensors();
+    let wte = tensors.iter().find(|(n, _)| n == "wte.weight").unwrap().1.clone();
+    tensors.iter_mut().for_each(|(name, _)| *name = format!("transformer.{name}"));
+    tensors.push(("lm_head.weight".into(), wte));
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(name, data)| {
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, data.shape().to_vec(), data.as_bytes()).unwrap();
+            (name.clone(), view)
+        })
+        .collect();
+    let bytes = safetensors::serialize(views, None).unwrap();
+    let loaded = Gpt2::new(&tiny(), &device, 9).unwrap().load_safetensors_bytes(&bytes).unwrap();
+    assert_eq!(loaded.named_tensors(), model.named_tensors());
+}

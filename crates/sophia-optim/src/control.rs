@@ -142,12 +142,25 @@ impl SophiaControl {
 
     pub(crate) fn record_refresh<const D: usize>(&self, hessian: &Tensor<D>) {
         let coordinates = hessian.shape().num_elements() as u64;
-        let flat = hessian.clone().flatten::<1>(0, D.saturating_sub(1).max(0));
+        let flat = hessian.clone().flatten::<1>(0, D - 1);
         let (sum, max) = (flat.clone().sum(), flat.max());
         let mut acc = self.accumulator();
         acc.hessian_sum.push(sum);
         acc.hessian_max.push(max);
         acc.hessian_coordinates += coordinates;
+    }
+
+    /// Describe `hessians` (one flattened `h` per parameter, e.g. loaded from a checkpoint) as
+    /// the latest refresh, so statistics after a resume equal those of an uninterrupted run.
+    pub(crate) fn restore_hessians(&self, hessians: Vec<Tensor<1>>) {
+        let mut acc = self.accumulator();
+        acc.hessian_sum.clear();
+        acc.hessian_max.clear();
+        acc.hessian_coordinates = 0;
+        drop(acc);
+        for hessian in &hessians {
+            self.record_refresh(hessian);
+        }
     }
 
     /// Read the statistics; this synchronises with the device once.
@@ -163,7 +176,10 @@ impl SophiaControl {
         });
         acc.update_coordinates = 0;
         let (hessian_mean, hessian_max) = if acc.hessian_coordinates > 0 {
-            let sum: f64 = Tensor::cat(acc.hessian_sum.clone(), 0).into_data().iter::<f64>().sum();
+            // Summed in sorted order, so the figure does not depend on the parameters' order.
+            let mut sums: Vec<f64> = Tensor::cat(acc.hessian_sum.clone(), 0).into_data().iter::<f64>().collect();
+            sums.sort_by(f64::total_cmp);
+            let sum: f64 = sums.iter().sum();
             let max = Tensor::cat(acc.hessian_max.clone(), 0).max().into_scalar::<f64>();
             (Some(sum / acc.hessian_coordinates as f64), Some(max))
         } else {

@@ -32,13 +32,13 @@
 #[macro_use]
 mod constructors;
 
-mod clip;
-mod control;
+pub mod clip;
+pub mod control;
 mod error;
 pub mod hutchinson;
-mod schedule;
-mod sophia;
-mod tiger;
+pub mod schedule;
+pub mod sophia;
+pub mod tiger;
 
 pub use clip::{GlobalNormClip, GradNorm, global_norm};
 pub use control::{SophiaControl, SophiaPhase, SophiaStats};

@@ -35,7 +35,7 @@ use burn::module::{Module, ParamGroup};
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
 use burn::optim::{GradientsParams, ModuleOptimizer, Optimizer, OptimizerRecord, RecordState};
 use burn::store::RecordError;
-use burn::tensor::{Bytes, Device, Tensor};
+use burn::tensor::{Bytes, Device, Tensor, TensorData};
 
 use crate::LearningRate;
 use crate::control::{SophiaControl, SophiaPhase, SophiaStats};
@@ -334,7 +334,7 @@ impl From<Sophia> for SophiaOptimizer {
 /// Sophia for a whole module: Burn's [`ModuleOptimizer`] plus the [`SophiaControl`] of the
 /// optimizer inside it, with the two operations as two methods.
 ///
-/// ```ignore
+/// ```text
 /// let mut optim = SophiaGConfig::new(tokens_per_step).try_init()?;
 /// for step in 0..steps {
 ///     let grads = GradientsParams::from_grads(loss(&model, &batch).backward(), &model);
@@ -412,6 +412,7 @@ impl SophiaOptimizer {
     /// Restore the optimizer state from a Burn record.
     pub fn load_record(mut self, record: OptimizerRecord) -> Self {
         self.optim = self.optim.load_record(record);
+        self.restore_hessian_stats();
         self
     }
 
@@ -423,6 +424,30 @@ impl SophiaOptimizer {
     /// Restore the optimizer state from burnpack bytes.
     pub fn from_bytes(mut self, bytes: Bytes) -> Result<Self, RecordError> {
         self.optim = self.optim.from_bytes(bytes)?;
+        self.restore_hessian_stats();
         Ok(self)
+    }
+
+    /// After a load, let the Hessian statistics describe the loaded `h`, as they described it
+    /// after the refresh that produced it. An all-zero `h` means no refresh ran yet.
+    fn restore_hessian_stats(&self) {
+        let Ok(bytes) = self.optim.to_record().into_bytes() else { return };
+        let Ok(reader) = burn_pack::Reader::from_bytes(bytes) else { return };
+        let device = Device::default();
+        let hessians: Vec<Tensor<1>> = reader
+            .tensor_names()
+            .into_iter()
+            .filter(|name| name.ends_with(".hessian"))
+            .filter_map(|name| reader.tensor_data(name).ok())
+            .map(|bytes| bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect::<Vec<f32>>())
+            .map(|values| {
+                let len = values.len();
+                Tensor::from_data(TensorData::new(values, [len]), &device)
+            })
+            .collect();
+        let refreshed = hessians.iter().any(|h| h.clone().abs().max().into_scalar::<f32>() > 0.0);
+        if refreshed {
+            self.sophia.control.restore_hessians(hessians);
+        }
     }
 }
