@@ -46,6 +46,15 @@ struct Accumulator {
     hessian_coordinates: u64,
 }
 
+impl Accumulator {
+    /// Drop the figures of the previous refresh before a new one is recorded.
+    fn forget_hessian(&mut self) {
+        self.hessian_sum.clear();
+        self.hessian_max.clear();
+        self.hessian_coordinates = 0;
+    }
+}
+
 #[derive(Default)]
 struct Shared {
     refreshing: AtomicBool,
@@ -100,12 +109,7 @@ impl SophiaControl {
     /// shares a `ModuleOptimizer` with other optimizers (parameter groups), pass estimates for
     /// Sophia's parameters only: the other optimizers would treat them as gradients.
     pub fn refresh<M: Module>(&self, optim: &mut ModuleOptimizer, module: M, estimate: GradientsParams) -> M {
-        {
-            let mut acc = self.accumulator();
-            acc.hessian_sum.clear();
-            acc.hessian_max.clear();
-            acc.hessian_coordinates = 0;
-        }
+        self.accumulator().forget_hessian();
         self.shared.refreshing.store(true, Ordering::Release);
         // Reset the phase even if a step panics, so the handle never stays in refresh mode.
         struct ResetOnDrop<'a>(&'a AtomicBool);
@@ -153,14 +157,15 @@ impl SophiaControl {
     /// Describe `hessians` (one flattened `h` per parameter, e.g. loaded from a checkpoint) as
     /// the latest refresh, so statistics after a resume equal those of an uninterrupted run.
     pub(crate) fn restore_hessians(&self, hessians: Vec<Tensor<1>>) {
-        let mut acc = self.accumulator();
-        acc.hessian_sum.clear();
-        acc.hessian_max.clear();
-        acc.hessian_coordinates = 0;
-        drop(acc);
+        self.accumulator().forget_hessian();
         for hessian in &hessians {
             self.record_refresh(hessian);
         }
+    }
+
+    /// Number of Hessian refreshes run through this handle (no device access, no counter reset).
+    pub fn refreshes(&self) -> u64 {
+        self.shared.refreshes.load(Ordering::Acquire)
     }
 
     /// Read the statistics; this synchronises with the device once.
@@ -189,7 +194,7 @@ impl SophiaControl {
             win_rate,
             hessian_mean,
             hessian_max,
-            refreshes: self.shared.refreshes.load(Ordering::Acquire),
+            refreshes: self.refreshes(),
         }
     }
 

@@ -161,6 +161,15 @@ impl RunOptimizer {
         }
     }
 
+    /// Hessian refreshes run by this optimizer (0 for first-order optimizers). Unlike
+    /// [`stats`](Self::stats) it neither reads the device nor consumes the win-rate counters.
+    pub fn refreshes(&self) -> u64 {
+        match self {
+            Self::Sophia(optim) => optim.control().refreshes(),
+            Self::Plain(_) => 0,
+        }
+    }
+
     /// The state to checkpoint.
     pub fn to_record(&self) -> OptimizerRecord {
         match self {

@@ -1,6 +1,7 @@
 //! The training loop, top to bottom: data, model, optimizer, the step (with Sophia's Hessian
 //! refresh), evaluation, logging, checkpoints, plots and the summary.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -202,16 +203,15 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<TrainSummary,
 
         // Forward and backward over the micro-batches; the loss is averaged.
         let mut accumulator = GradientsAccumulator::new();
-        let mut loss_sum = 0.0;
+        let mut train_loss = 0.0;
         for micro in 0..config.grad_accum {
             let index = (step * config.grad_accum + micro) as u64;
             let (inputs, targets) = tensors(&sampler.batch(&train_tokens, STREAM_TRAIN, index), &device);
             let loss = model.loss(inputs, targets)?.div_scalar(config.grad_accum as f64);
             let grads = GradientsParams::from_grads(loss.backward(), &model);
-            loss_sum += loss.into_scalar::<f64>();
+            train_loss += loss.into_scalar::<f64>();
             accumulator.accumulate(&model, grads);
         }
-        let train_loss = loss_sum;
         let (grads, norm) = match &clip {
             Some(clip) => clip.clip(&model, accumulator.grads()),
             None => {
@@ -308,9 +308,8 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<TrainSummary,
                 let text = sample_text(&eval_model, config, done as u64)?;
                 emit(&bar, format!("---- sample at step {done} ----\n{text}\n----"));
                 let path = run_dir.join("samples.txt");
-                let mut all = std::fs::read_to_string(&path).unwrap_or_default();
-                all.push_str(&format!("==== step {done} ====\n{text}\n"));
-                std::fs::write(&path, all).map_err(io_err(&path))?;
+                let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
+                writeln!(file, "==== step {done} ====\n{text}").map_err(io_err(&path))?;
             }
         }
 
@@ -320,7 +319,7 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<TrainSummary,
                 step: done,
                 tokens,
                 elapsed_secs: elapsed(&clock),
-                refreshes: refreshes_before + optimizer.stats().map_or(0, |s| s.refreshes),
+                refreshes: refreshes_before + optimizer.refreshes(),
                 config: config.clone(),
                 model: model_config.clone(),
                 data_sha256: data.meta.text_sha256.clone(),
@@ -351,7 +350,7 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<TrainSummary,
         final_val_loss: final_val,
         best_val_loss: best_val,
         unigram_val_loss: data.meta.unigram_val_loss,
-        refreshes: refreshes_before + optimizer.stats().map_or(0, |s| s.refreshes),
+        refreshes: refreshes_before + optimizer.refreshes(),
         hessian_time_fraction: if train_secs > 0.0 { hessian_secs / train_secs } else { 0.0 },
         final_win_rate,
     };
