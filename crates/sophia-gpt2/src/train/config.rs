@@ -83,7 +83,8 @@ pub struct TrainConfig {
     pub name: String,
     /// Where run directories go.
     pub out_dir: PathBuf,
-    /// Corpus name (see `data::CORPORA`) or path to a UTF-8 text file or folder.
+    /// Corpus name (see `data::CORPORA`; several joined with `+`) or path to a UTF-8 text file
+    /// or folder.
     pub data: String,
     /// Where prepared token files and downloads are kept.
     pub data_dir: PathBuf,
