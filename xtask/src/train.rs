@@ -14,13 +14,13 @@ pub(crate) struct TrainArgs {
     config: Option<PathBuf>,
     /// A named hyperparameter preset, e.g. `paper-125m-sophiag` or `cpu-adamw`.
     #[arg(long)]
-    hyperparameters: Option<String>,
+    pub(crate) hyperparameters: Option<String>,
     /// Backend: flex, ndarray, wgpu, vulkan, cuda.
     #[arg(long)]
     backend: Option<Backend>,
     /// Optimizer: sophiag, sophiah, adamw, lion, tiger, muon.
     #[arg(long)]
-    optimizer: Option<OptimizerKind>,
+    pub(crate) optimizer: Option<OptimizerKind>,
     /// Model preset: cpu-1m, cpu-10m, cpu-30m, gpt2, gpt2-medium, gpt2-large, gpt2-xl.
     #[arg(long)]
     preset: Option<String>,
@@ -33,10 +33,10 @@ pub(crate) struct TrainArgs {
     pub(crate) name: Option<String>,
     /// Optimizer steps.
     #[arg(long)]
-    steps: Option<usize>,
+    pub(crate) steps: Option<usize>,
     /// Peak learning rate.
     #[arg(long)]
-    lr: Option<f64>,
+    pub(crate) lr: Option<f64>,
     /// Sequences per micro-batch.
     #[arg(long)]
     batch_size: Option<usize>,
@@ -55,10 +55,10 @@ pub(crate) struct TrainArgs {
     set: Vec<String>,
     /// Continue the run from its latest checkpoint.
     #[arg(long)]
-    resume: bool,
+    pub(crate) resume: bool,
     /// Print the effective config and exit.
     #[arg(long)]
-    print_config: bool,
+    pub(crate) print_config: bool,
 }
 
 /// The effective config: defaults, then the file, the preset, the flags and `--set`.

@@ -9,12 +9,13 @@
 use std::path::Path;
 use std::time::Instant;
 
-use burn::optim::GradientsParams;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 use sophia_gpt2::plot::{Panel, Series};
-use sophia_gpt2::{Gpt2, Gpt2Config};
 use sophia_gpt2::train::{OptimizerKind, RunOptimizer, TrainConfig};
+use sophia_gpt2::{Gpt2, Gpt2Config};
+
+use crate::machine::Machine;
 
 /// Timings of one optimizer on one preset.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,6 +41,8 @@ pub struct StepTiming {
 /// The JSON written by `bench step`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepReport {
+    /// Where it ran.
+    pub machine: Machine,
     /// Backend the steps ran on.
     pub backend: String,
     /// Repetitions per optimizer.
@@ -59,17 +62,6 @@ const OPTIMIZERS: [OptimizerKind; 6] = [
     OptimizerKind::Muon,
 ];
 
-/// Gradients of the model's own loss on a fixed batch: realistic magnitudes, every parameter.
-fn gradients(model: &Gpt2, device: &Device) -> GradientsParams {
-    use burn::tensor::{Int, Tensor, TensorData};
-    let block = model.config().block_size.min(32);
-    let ids: Vec<i64> = (0..2 * block).map(|i| (i * 7919 % 50_000) as i64).collect();
-    let inputs = Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [2, block]), device);
-    let targets = Tensor::<2, Int>::from_data(TensorData::new(ids.iter().map(|i| (i + 1) % 50_000).collect::<Vec<_>>(), [2, block]), device);
-    let loss = model.loss(inputs, targets).expect("the batch fits the model");
-    GradientsParams::from_grads(loss.backward(), model)
-}
-
 /// Time every optimizer's step on the parameters of each preset.
 pub fn run(presets: &[&str], repetitions: usize, device: &Device, backend: &str, progress: &mut dyn FnMut(&str)) -> Result<StepReport, String> {
     let mut timings = Vec::new();
@@ -77,7 +69,7 @@ pub fn run(presets: &[&str], repetitions: usize, device: &Device, backend: &str,
         let config = Gpt2Config::preset(preset).map_err(|e| e.to_string())?;
         let model = Gpt2::new(&config, device, 0).map_err(|e| e.to_string())?;
         let parameters = model.num_params();
-        let grads = gradients(&model, device);
+        let grads = crate::gradients(&model, device);
         let tokens_per_step = 480 * config.block_size;
         let mut runs = Vec::new();
         for kind in OPTIMIZERS {
@@ -87,10 +79,10 @@ pub fn run(presets: &[&str], repetitions: usize, device: &Device, backend: &str,
         }
         for round in 0..repetitions + 2 {
             for (name, stepper, model, times) in runs.iter_mut() {
-                let grads = grads_clone(&grads, model);
+                let grads = crate::grads_clone(&grads, model);
                 let started = Instant::now();
                 *model = stepper.step(1e-4, model.clone(), grads);
-                sync(model);
+                crate::sync(model);
                 if round >= 2 {
                     times.push(started.elapsed().as_secs_f64());
                 } else if round == 1 {
@@ -117,30 +109,12 @@ pub fn run(presets: &[&str], repetitions: usize, device: &Device, backend: &str,
             });
         }
     }
-    Ok(StepReport { backend: backend.into(), repetitions, timings })
-}
-
-/// Gradients are consumed by a step: give each step its own copy (cheap, reference-counted).
-fn grads_clone(grads: &GradientsParams, model: &Gpt2) -> GradientsParams {
-    let mut copy = GradientsParams::new();
-    for (_, id, shape) in model.named_params() {
-        match shape.len() {
-            1 => copy.register(id, grads.get::<1>(id).expect("every parameter has a gradient")),
-            _ => copy.register(id, grads.get::<2>(id).expect("every parameter has a gradient")),
-        }
-    }
-    copy
-}
-
-/// Wait for the device by reading one value of the updated model.
-fn sync(model: &Gpt2) {
-    let _ = model.ln_f.gamma.val().narrow(0, 0, 1).into_scalar::<f32>();
+    Ok(StepReport { machine: Machine::detect(backend), backend: backend.into(), repetitions, timings })
 }
 
 /// Write `report` as JSON and draw `stem.png` / `stem.svg` from it.
 pub fn write(report: &StepReport, json: &Path) -> Result<(), String> {
-    let text = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
-    std::fs::write(json, text).map_err(|e| format!("{}: {e}", json.display()))?;
+    crate::write_json(json, report)?;
     plot(report, &json.with_extension(""))
 }
 
