@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod cuda;
 mod sweep;
 mod test;
 mod train;
@@ -28,6 +29,8 @@ enum Commands {
     Sweep(Box<sweep::SweepArgs>),
     /// Benchmarks, written as JSON and plotted (results/).
     Bench(bench::BenchArgs),
+    /// Type-check the workspace with the `cuda` feature (offline: DOCS_RS=1, no LLVM download).
+    CheckCuda(cuda::CheckCudaArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,6 +39,7 @@ fn main() -> anyhow::Result<()> {
         Commands::Train(args) => train::run(*args),
         Commands::Sweep(args) => sweep::run(*args),
         Commands::Bench(args) => bench::run(args),
+        Commands::CheckCuda(args) => cuda::run(args),
     }
 }
 

@@ -5,13 +5,15 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use sophia_gpt2::train::TrainSummary;
+
 use crate::compare::{self, CompareReport};
 use crate::memory::MemoryReport;
 use crate::step::StepReport;
 use crate::throughput::ThroughputReport;
 
 /// The result files the report reads, relative to the results directory.
-pub const FILES: [&str; 4] = ["compare.json", "bench-step.json", "memory.json", "throughput.json"];
+pub const FILES: [&str; 5] = ["default-run.json", "compare.json", "bench-step.json", "memory.json", "throughput.json"];
 
 fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "missed" }
@@ -27,6 +29,25 @@ pub fn render(results: &Path, notes: Option<&str>) -> Result<String, String> {
          measured on. Ratios are taken within one run.\n",
     );
     let mut missing = Vec::new();
+
+    match load("default-run.json") {
+        Some(path) => {
+            let run: TrainSummary = crate::read_json(&path?)?;
+            let _ = writeln!(
+                out,
+                "\n## The default training run (`cargo xtask train`)\n\nThe summary of the README's command, copied from `{}/summary.json`.\n",
+                run.run_dir.display()
+            );
+            out.push_str("![training curves](default-run.png)\n\n| figure | value |\n|---|---|\n");
+            let _ = writeln!(out, "| model | {} parameters, {} optimizer |", run.parameters, run.optimizer);
+            let _ = writeln!(out, "| training | {} steps, {} tokens in {:.0} s ({:.0} tokens/s) |", run.steps, run.tokens, run.seconds, run.tokens_per_sec);
+            let _ = writeln!(out, "| final validation loss | {:.4} (best {:.4}) |", run.final_val_loss, run.best_val_loss);
+            let _ = writeln!(out, "| unigram baseline of the corpus | {:.4} |", run.unigram_val_loss);
+            let _ = writeln!(out, "| Hessian refreshes | {}, {:.1}% of wall time |", run.refreshes, 100.0 * run.hessian_time_fraction);
+            let _ = writeln!(out, "| final win rate | {} |", run.final_win_rate.map_or("-".into(), |w| format!("{w:.3}")));
+        }
+        None => missing.push("default-run.json"),
+    }
 
     match load("compare.json") {
         Some(path) => {
@@ -124,11 +145,11 @@ pub fn render(results: &Path, notes: Option<&str>) -> Result<String, String> {
                 report.repetitions
             );
             out.push_str("![throughput](../results/throughput.png)\n\n");
-            out.push_str("| preset | parameters | tokens/step | step (s) | tokens/s | GFLOP/s | MFU | refresh (s) | refresh / step | overhead at k = 10 |\n|---|---|---|---|---|---|---|---|---|---|\n");
+            out.push_str("| preset | parameters | tokens/step | step (s) | tokens/s | GFLOP/s | MFU | forward (s) | refresh (s) | of which label sampling (s) | refresh / step | overhead at k = 10 |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
             for e in &report.entries {
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {:.3} | {:.0} | {:.2} | {:.1}% | {:.3} | {:.2} | {:.1}% ({}) |",
+                    "| {} | {} | {} | {:.3} | {:.0} | {:.2} | {:.1}% | {:.3} | {:.3} | {:.3} | {:.2} | {:.1}% ({}) |",
                     e.preset,
                     e.parameters,
                     e.batch_tokens,
@@ -136,7 +157,9 @@ pub fn render(results: &Path, notes: Option<&str>) -> Result<String, String> {
                     e.tokens_per_sec,
                     e.achieved_gflops,
                     100.0 * e.mfu,
+                    e.forward_secs,
                     e.refresh_secs,
+                    e.sampling_secs,
                     e.refresh_to_step,
                     100.0 * e.refresh_overhead_k10,
                     verdict(e.refresh_overhead_k10 <= 0.06)
@@ -147,7 +170,7 @@ pub fn render(results: &Path, notes: Option<&str>) -> Result<String, String> {
     }
 
     if !missing.is_empty() {
-        let _ = writeln!(out, "\nNot measured yet: {} (run the matching `cargo xtask bench` command).", missing.join(", "));
+        let _ = writeln!(out, "\nNot measured yet: {} (run the matching `cargo xtask bench` command; `default-run.json` is the `summary.json` of a `cargo xtask train` run).", missing.join(", "));
     }
     if let Some(notes) = notes {
         out.push('\n');

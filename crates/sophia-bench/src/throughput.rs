@@ -15,7 +15,7 @@ use burn::tensor::{Device, Distribution, Tensor};
 use serde::{Deserialize, Serialize};
 use sophia_gpt2::plot::{Panel, Series};
 use sophia_gpt2::train::{OptimizerKind, RunOptimizer, TrainConfig};
-use sophia_gpt2::Gpt2;
+use sophia_gpt2::{Gpt2, SampledLabelHessian};
 
 use crate::machine::Machine;
 
@@ -43,6 +43,11 @@ pub struct ThroughputEntry {
     /// Median seconds of one SophiaG refresh (sampled-label forward and backward, clipping, EMA)
     /// on a batch of the same size.
     pub refresh_secs: f64,
+    /// Median seconds of the forward pass alone.
+    pub forward_secs: f64,
+    /// Median seconds of drawing the refresh's labels from the logits (Gumbel-max over the
+    /// vocabulary), the part of a refresh a training step does not have.
+    pub sampling_secs: f64,
     /// `refresh_secs / step_secs`.
     pub refresh_to_step: f64,
     /// Share of wall time spent refreshing at `k = 10`: `r / (10 + r)` with `r = refresh_to_step`.
@@ -108,8 +113,16 @@ pub fn run(presets: &[&str], batch: usize, block: usize, repetitions: usize, dev
         let (inputs, targets) = crate::synthetic_batch(batch, block, device);
         let mut adamw = RunOptimizer::new(&config(OptimizerKind::AdamW), &model, batch * block)?;
         let mut sophia = RunOptimizer::new(&config(OptimizerKind::SophiaG), &model, batch * block)?;
-        let (mut steps, mut refreshes) = (Vec::new(), Vec::new());
+        let (mut steps, mut refreshes, mut forwards, mut samplings) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let sampler = SampledLabelHessian::new(0);
         for round in 0..=repetitions {
+            let started = Instant::now();
+            let logits = model.forward(inputs.clone()).map_err(|e| e.to_string())?;
+            let _ = logits.clone().narrow(0, 0, 1).narrow(1, 0, 1).narrow(2, 0, 1).into_scalar::<f32>();
+            let forward = started.elapsed().as_secs_f64();
+            let started = Instant::now();
+            let _ = sampler.sample_labels(logits, round as u64).narrow(0, 0, 1).narrow(1, 0, 1).into_scalar::<i64>();
+            let sampling = started.elapsed().as_secs_f64();
             let started = Instant::now();
             model = crate::training_step(model, &mut adamw, inputs.clone(), targets.clone(), 1e-4)?;
             crate::sync(&model);
@@ -120,6 +133,8 @@ pub fn run(presets: &[&str], batch: usize, block: usize, repetitions: usize, dev
             if round > 0 {
                 steps.push(step);
                 refreshes.push(started.elapsed().as_secs_f64());
+                forwards.push(forward);
+                samplings.push(sampling);
             }
         }
         let (step_secs, refresh_secs) = (median(steps), median(refreshes));
@@ -139,6 +154,8 @@ pub fn run(presets: &[&str], batch: usize, block: usize, repetitions: usize, dev
             achieved_gflops: achieved,
             mfu: achieved / peak,
             refresh_secs,
+            forward_secs: median(forwards),
+            sampling_secs: median(samplings),
             refresh_to_step: ratio,
             refresh_overhead_k10: ratio / (10.0 + ratio),
         });

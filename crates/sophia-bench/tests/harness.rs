@@ -96,7 +96,7 @@ fn compare_report_round_trips_and_draws_its_table_and_plots() {
     let page = report::render(&dir, Some("## Discussion\n\nhand-written")).unwrap();
     assert!(page.contains(&report.machine.describe()), "names the machine");
     assert!(page.contains("Paper's claim") && page.contains("hand-written"), "{page}");
-    assert!(page.contains("Not measured yet: bench-step.json, memory.json, throughput.json"), "{page}");
+    assert!(page.contains("Not measured yet: default-run.json, bench-step.json, memory.json, throughput.json"), "{page}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

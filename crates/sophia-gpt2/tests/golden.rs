@@ -72,7 +72,7 @@ fn check_grads(what: &str, model: &Gpt2, grads: &GradientsParams, want: &BTreeMa
 
 #[test]
 fn golden_gpt2_logits_loss_and_gradients() {
-    let device = Device::flex().autodiff();
+    let device = sophia_golden::test_device().autodiff();
     let model = model(&device);
     let expected: Expected = load("gpt2_tiny/expected.json");
     assert_eq!(expected.input_ids.shape, vec![expected.batch, expected.seq_len]);
@@ -89,7 +89,7 @@ fn golden_gpt2_logits_loss_and_gradients() {
 
 #[test]
 fn golden_gpt2_sampled_label_gradient_and_sophia_refresh() {
-    let device = Device::flex().autodiff();
+    let device = sophia_golden::test_device().autodiff();
     let model = model(&device);
     let expected: Expected = load("gpt2_tiny/expected.json");
     let sampled = &expected.sampled;

@@ -51,6 +51,7 @@ fn tiny(dir: &Path, optimizer: OptimizerKind) -> TrainConfig {
         checkpoint_interval: 2,
         sample_tokens: 4,
         plots: false,
+        backend: sophia_golden::test_backend().parse().expect("a known backend"),
         ..TrainConfig::default()
     }
 }

@@ -22,11 +22,11 @@ const SCHEDULE_TOL: Tolerance = Tolerance::new(1e-12, 1e-15);
 
 /// Parameters live on the autodiff device, gradients on its inner device, as after a backward.
 fn device() -> Device {
-    Device::flex().autodiff()
+    sophia_golden::test_device().autodiff()
 }
 
 fn grad_device() -> Device {
-    Device::flex()
+    sophia_golden::test_device()
 }
 
 // ---------------------------------------------------------------------------------------------
