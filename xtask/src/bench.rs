@@ -115,9 +115,14 @@ pub(crate) struct CompareArgs {
     out: PathBuf,
 }
 
-/// `path` relative to the workspace root unless absolute; its directory created.
+/// `path` relative to the workspace root unless absolute.
+fn resolve(path: PathBuf) -> PathBuf {
+    if path.is_absolute() { path } else { workspace_root().join(path) }
+}
+
+/// An output file: [`resolve`]d, its directory created.
 fn output(path: PathBuf) -> anyhow::Result<PathBuf> {
-    let path = if path.is_absolute() { path } else { workspace_root().join(path) };
+    let path = resolve(path);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -190,7 +195,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
             Ok(())
         }
         Bench::Report { results, out } => {
-            let results = if results.is_absolute() { results } else { workspace_root().join(results) };
+            let results = resolve(results);
             let notes_path = workspace_root().join("docs/results-notes.md");
             let notes = std::fs::read_to_string(&notes_path).ok();
             let text = report::render(&results, notes.as_deref()).map_err(anyhow::Error::msg)?;

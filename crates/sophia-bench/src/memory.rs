@@ -22,6 +22,11 @@ pub fn state_bytes(config: &TrainConfig, model: &Gpt2, device: &Device) -> Resul
     let model = optimizer.step(1e-4, model.clone(), crate::gradients(model, device));
     let (inputs, targets) = crate::synthetic_batch(1, model.config().block_size.min(8), device);
     crate::hessian_refresh(model, &mut optimizer, inputs, targets, 0)?;
+    record_bytes(&optimizer)
+}
+
+/// Bytes of the state tensors in `optimizer`'s serialized record.
+fn record_bytes(optimizer: &RunOptimizer) -> Result<u64, String> {
     let bytes = optimizer.to_record().into_bytes().map_err(|e| format!("the optimizer record does not serialize: {e:?}"))?;
     let reader = burn_pack::Reader::from_bytes(bytes).map_err(|e| format!("the optimizer record does not read back: {e:?}"))?;
     reader
@@ -74,15 +79,14 @@ fn rss() -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// Measure one optimizer on one preset in this process: state bytes, then the peak resident
-/// memory of two training steps (each followed by a refresh for Sophia) of `batch × block`
-/// tokens. Run it in a fresh process per pair for a meaningful peak.
+/// Measure one optimizer on one preset in this process: the peak resident memory of two
+/// training steps (each followed by a refresh for Sophia) of `batch × block` tokens, then the
+/// bytes of the optimizer state they built. Run it in a fresh process per pair for a meaningful peak.
 pub fn measure(preset: &str, optimizer: OptimizerKind, batch: usize, block: usize, device: &Device) -> Result<MemoryEntry, String> {
     let config = TrainConfig { optimizer, preset: preset.into(), block_size: Some(block), batch_size: batch, ..TrainConfig::default() };
     let model_config = config.model_config().map_err(|e| e.to_string())?;
     let mut model = Gpt2::new(&model_config, device, 0).map_err(|e| e.to_string())?;
     let parameters = model.num_params();
-    let state = state_bytes(&config, &model, device)?;
     let mut stepper = RunOptimizer::new(&config, &model, batch * block)?;
     let (inputs, targets) = crate::synthetic_batch(batch, block, device);
     crate::sync(&model);
@@ -95,6 +99,7 @@ pub fn measure(preset: &str, optimizer: OptimizerKind, batch: usize, block: usiz
         crate::sync(&model);
     }
     let (_, peak) = rss();
+    let state = record_bytes(&stepper)?;
     if !reset {
         return Err("cannot reset the peak-memory counter (/proc/self/clear_refs): peak memory is measured on Linux only".into());
     }

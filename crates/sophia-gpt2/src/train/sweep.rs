@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::TrainConfig;
 use super::run::{RunOptions, TrainError, TrainSummary, train};
+use crate::data::write_atomic;
 use crate::plot::{self, Panel, Series};
 
 /// The values tried per hyperparameter; an empty list keeps the base config's value.
@@ -223,8 +224,7 @@ impl Previous {
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), TrainError> {
     let text = serde_json::to_string_pretty(value).expect("sweep results serialize");
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path)).map_err(|source| TrainError::Io { path: path.to_path_buf(), source })
+    Ok(write_atomic(path, text.as_bytes())?)
 }
 
 /// `sweep.md`, `sweep.png`/`.svg` and `best.json` in `dir`, from the report alone.
