@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use sophia_gpt2::Precision;
 use sophia_gpt2::train::{Backend, OptimizerKind, RunOptions, TrainConfig, train};
 
 #[derive(Args, Debug, Default)]
@@ -18,6 +19,10 @@ pub(crate) struct TrainArgs {
     /// Backend: flex, ndarray, wgpu, vulkan, cuda.
     #[arg(long)]
     backend: Option<Backend>,
+    /// Precision of the matrix products: f32, or bf16 (mixed precision: f32 weights, gradients
+    /// and optimizer state).
+    #[arg(long)]
+    precision: Option<Precision>,
     /// Optimizer: sophiag, sophiah, adamw, lion, tiger, muon.
     #[arg(long)]
     pub(crate) optimizer: Option<OptimizerKind>,
@@ -75,6 +80,9 @@ pub(crate) fn config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     let mut set = |key: &str, v: serde_json::Value| object.insert(key.to_string(), v);
     if let Some(v) = args.backend {
         set("backend", serde_json::to_value(v)?);
+    }
+    if let Some(v) = args.precision {
+        set("precision", serde_json::to_value(v)?);
     }
     if let Some(v) = args.optimizer {
         set("optimizer", serde_json::to_value(v)?);

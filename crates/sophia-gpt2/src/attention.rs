@@ -8,6 +8,7 @@ use burn::tensor::{Bool, Device, Tensor, TensorData};
 
 use crate::config::Gpt2Config;
 use crate::init::ParamInit;
+use crate::precision::Precision;
 
 /// Causal self-attention: fused `c_attn` (queries, keys, values side by side, Conv1D layout
 /// `[in, out]`), causal softmax, output projection `c_proj`.
@@ -23,6 +24,8 @@ pub struct CausalSelfAttention {
     n_kv_head: usize,
     rope_theta: Option<f64>,
     qk_norm_epsilon: Option<f64>,
+    #[module(skip)]
+    pub(crate) precision: Precision,
 }
 
 impl CausalSelfAttention {
@@ -38,6 +41,7 @@ impl CausalSelfAttention {
             n_kv_head: config.kv_heads(),
             rope_theta: config.rope.then_some(config.rope_theta),
             qk_norm_epsilon: config.qk_norm.then_some(config.layer_norm_epsilon),
+            precision: Precision::F32,
         }
     }
 
@@ -46,7 +50,7 @@ impl CausalSelfAttention {
         let [batch, seq, width] = x.dims();
         let head_dim = width / self.n_head;
         let (h, kv) = (self.n_head, self.n_kv_head);
-        let qkv = self.c_attn.forward(x);
+        let qkv = self.precision.linear(&self.c_attn, x);
         let heads = |start: usize, count: usize| {
             qkv.clone()
                 .narrow(2, start * head_dim, count * head_dim)
@@ -65,12 +69,12 @@ impl CausalSelfAttention {
         }
         let (k, v) = (repeat_kv(k, h / kv), repeat_kv(v, h / kv));
 
-        let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((head_dim as f64).sqrt());
+        let scores = self.precision.matmul(q, k.swap_dims(2, 3)).div_scalar((head_dim as f64).sqrt());
         let future = causal_mask(seq, &scores.device()).unsqueeze::<4>().expand([batch, h, seq, seq]);
         let weights = softmax(scores.mask_fill(future, f32::NEG_INFINITY), 3);
-        let y = self.attn_dropout.forward(weights).matmul(v);
+        let y = self.precision.matmul(self.attn_dropout.forward(weights), v);
         let y = y.swap_dims(1, 2).reshape([batch, seq, width]);
-        self.resid_dropout.forward(self.c_proj.forward(y))
+        self.resid_dropout.forward(self.precision.linear(&self.c_proj, y))
     }
 }
 

@@ -10,12 +10,16 @@
 //! `argmax(logits + G)`, `G = −log(−log U)`, `U ~ Uniform(0, 1)`: an exact sample of the
 //! categorical distribution that needs one noise tensor the size of the logits and never a
 //! one-hot. The noise comes from the device generator, seeded from `(seed, draw)` before every
-//! draw, so the same draw gives the same labels, also after a resume.
+//! draw, so the same draw gives the same labels, also after a resume. Seeding and drawing hold
+//! one process-wide lock, so threads sharing a device (Burn's multi-device training workers)
+//! each get the noise of their own draw.
 //!
 //! **Dropout**: the step runs the model as it is given. A model in training mode with
 //! `dropout > 0` estimates the Hessian of the same stochastic loss that is optimized, as the
 //! official loop does (it calls the model in training mode); pass `model.valid()`-style
 //! inference copies for a dropout-free estimate. GPT-2 pre-training uses `dropout = 0`.
+
+use std::sync::{Mutex, PoisonError};
 
 use burn::optim::GradientsParams;
 use burn::tensor::{Distribution, Int, Tensor};
@@ -47,9 +51,14 @@ impl SampledLabelHessian {
 
     /// Labels `[batch, seq]` drawn from `softmax(logits)` for `logits` `[batch, seq, vocab]`.
     pub fn sample_labels(&self, logits: Tensor<3>, draw: u64) -> Tensor<2, Int> {
+        /// Held from seeding the device generator until the noise is drawn from it.
+        static GENERATOR: Mutex<()> = Mutex::new(());
         let logits = logits.detach();
-        logits.device().seed(self.seed_of(draw));
-        let uniform = logits.random_like(Distribution::Uniform(0.0, 1.0));
+        let uniform = {
+            let _generator = GENERATOR.lock().unwrap_or_else(PoisonError::into_inner);
+            logits.device().seed(self.seed_of(draw));
+            logits.random_like(Distribution::Uniform(0.0, 1.0))
+        };
         let gumbel = uniform.log().neg().log().neg();
         logits.add(gumbel).argmax(2).squeeze_dim::<2>(2)
     }
@@ -57,15 +66,25 @@ impl SampledLabelHessian {
     /// `ĝ`: the gradient of the mean cross-entropy of `model` on `inputs` `[batch, seq]`
     /// against labels sampled from the model itself. The model's weights are not changed.
     pub fn gradients(&self, model: &Gpt2, inputs: Tensor<2, Int>, draw: u64) -> Result<SampledLabelGradients, ModelError> {
+        self.gradients_of_share(model, inputs, draw, 1)
+    }
+
+    /// `ĝ / shares`: [`gradients`](Self::gradients) for one of `shares` equal parts of a batch
+    /// split across devices, so that the sum of the parts' results is `ĝ` of the whole batch
+    /// (the mean cross-entropy of the whole batch is the mean of the parts' means). The
+    /// returned `loss` is the part's own mean cross-entropy, not divided.
+    pub fn gradients_of_share(&self, model: &Gpt2, inputs: Tensor<2, Int>, draw: u64, shares: usize) -> Result<SampledLabelGradients, ModelError> {
         let logits = model.forward(inputs)?;
         let labels = self.sample_labels(logits.clone(), draw);
-        let (grads, loss) = backward(model, logits, labels.clone());
-        Ok(SampledLabelGradients { grads, labels, loss })
+        let loss = cross_entropy(logits, labels.clone());
+        let grads = GradientsParams::from_grads(share_of(loss.clone(), shares).backward(), model);
+        Ok(SampledLabelGradients { grads, labels, loss: loss.detach() })
     }
 
     /// `ĝ` for fixed labels (the golden tests check this against the reference).
     pub fn gradients_for_labels(model: &Gpt2, inputs: Tensor<2, Int>, labels: Tensor<2, Int>) -> Result<GradientsParams, ModelError> {
-        Ok(backward(model, model.forward(inputs)?, labels).0)
+        let loss = cross_entropy(model.forward(inputs)?, labels);
+        Ok(GradientsParams::from_grads(loss.backward(), model))
     }
 
     fn seed_of(&self, draw: u64) -> u64 {
@@ -77,8 +96,7 @@ impl SampledLabelHessian {
     }
 }
 
-/// Gradients of the mean cross-entropy of `logits` against `labels`, and the detached loss.
-fn backward(model: &Gpt2, logits: Tensor<3>, labels: Tensor<2, Int>) -> (GradientsParams, Tensor<1>) {
-    let loss = cross_entropy(logits, labels);
-    (GradientsParams::from_grads(loss.backward(), model), loss.detach())
+/// `loss / shares`: the part of a batch-mean loss that one of `shares` equal parts contributes.
+pub fn share_of(loss: Tensor<1>, shares: usize) -> Tensor<1> {
+    if shares == 1 { loss } else { loss.div_scalar(shares as f64) }
 }

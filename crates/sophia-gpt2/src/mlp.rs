@@ -7,6 +7,7 @@ use burn::tensor::activation::{gelu_approximate, relu};
 
 use crate::config::{Activation, Gpt2Config};
 use crate::init::ParamInit;
+use crate::precision::Precision;
 
 /// `c_proj(act(c_fc(x)))` with a 4× hidden width.
 #[derive(Module, Debug)]
@@ -17,6 +18,8 @@ pub struct Mlp {
     pub c_proj: Linear,
     dropout: Dropout,
     relu_squared: bool,
+    #[module(skip)]
+    pub(crate) precision: Precision,
 }
 
 impl Mlp {
@@ -27,13 +30,14 @@ impl Mlp {
             c_proj: init.linear(4 * c, c, config.bias, true),
             dropout: DropoutConfig::new(config.dropout).init(),
             relu_squared: config.activation == Activation::ReluSquared,
+            precision: Precision::F32,
         }
     }
 
     /// `[batch, seq, n_embd]` → `[batch, seq, n_embd]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let hidden = self.c_fc.forward(x);
+        let hidden = self.precision.linear(&self.c_fc, x);
         let hidden = if self.relu_squared { relu(hidden).square() } else { gelu_approximate(hidden) };
-        self.dropout.forward(self.c_proj.forward(hidden))
+        self.dropout.forward(self.precision.linear(&self.c_proj, hidden))
     }
 }

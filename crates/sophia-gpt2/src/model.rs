@@ -16,6 +16,7 @@ use crate::config::Gpt2Config;
 use crate::error::ModelError;
 use crate::init::ParamInit;
 use crate::mlp::Mlp;
+use crate::precision::Precision;
 
 /// One pre-norm transformer block.
 #[derive(Module, Debug)]
@@ -60,6 +61,8 @@ pub struct Gpt2 {
     dropout: Dropout,
     #[module(skip)]
     config: Gpt2Config,
+    #[module(skip)]
+    precision: Precision,
 }
 
 impl Gpt2 {
@@ -83,8 +86,25 @@ impl Gpt2 {
             lm_head: config.untied_head.then(|| LmHead { weight: init.normal([config.vocab_size, config.n_embd], 0.02) }),
             dropout: DropoutConfig::new(config.dropout).init(),
             config: config.clone(),
+            precision: Precision::F32,
         };
         Ok(model.with_stable_ids())
+    }
+
+    /// The same model computing its matrix products in `precision` (see
+    /// [`precision`](crate::precision)); the weights are unchanged.
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        for block in &mut self.h {
+            block.attn.precision = precision;
+            block.mlp.precision = precision;
+        }
+        self
+    }
+
+    /// The precision of the model's matrix products.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The configuration the model was built from.
@@ -111,7 +131,7 @@ impl Gpt2 {
             Some(head) => head.weight.val(),
             None => self.wte.weight.val(),
         };
-        let logits = x.matmul(head.transpose()).reshape([batch, seq, self.config.vocab_size]);
+        let logits = self.precision.matmul(x, head.transpose()).reshape([batch, seq, self.config.vocab_size]);
         Ok(match self.config.logit_softcap {
             Some(cap) => logits.div_scalar(cap).tanh().mul_scalar(cap),
             None => logits,

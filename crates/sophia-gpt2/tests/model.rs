@@ -3,8 +3,8 @@
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::GradientsParams;
-use burn::tensor::{Device, Int, Tensor, TensorData};
-use sophia_gpt2::{Activation, Gpt2, Gpt2Config, ModelError, SampledLabelHessian};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use sophia_gpt2::{Activation, Gpt2, Gpt2Config, ModelError, Precision, SampledLabelHessian};
 use sophia_optim::hutchinson::rademacher;
 
 fn tiny() -> Gpt2Config {
@@ -39,6 +39,20 @@ fn variants() -> Vec<(&'static str, Gpt2Config)> {
             },
         ),
     ]
+}
+
+/// [`variants`] with non-zero projections, so every parameter receives a gradient.
+fn variants_with_all_gradients() -> Vec<(&'static str, Gpt2Config)> {
+    variants().into_iter().map(|(name, config)| (name, Gpt2Config { zero_init_projections: false, ..config })).collect()
+}
+
+/// A fixed 10-token input of the tiny vocabulary, and fixed targets for it.
+fn sequence() -> Vec<i64> {
+    (0..10).map(|i| (i * 5 + 1) % 23).collect()
+}
+
+fn next_tokens() -> Vec<i64> {
+    (0..10).map(|i| (i * 3 + 2) % 23).collect()
 }
 
 fn tokens(values: &[i64], device: &Device) -> Tensor<2, Int> {
@@ -91,12 +105,8 @@ impl ModuleMapper for Shift<'_> {
 /// direction: ⟨∇L, u⟩ ≈ (L(θ + εu) − L(θ − εu)) / 2ε, extrapolated to ε → 0.
 #[test]
 fn gradients_match_finite_differences_for_every_option() {
-    let device = Device::flex().autodiff();
-    let seq: Vec<i64> = (0..10).map(|i| (i * 5 + 1) % 23).collect();
-    let targets: Vec<i64> = (0..10).map(|i| (i * 3 + 2) % 23).collect();
-    for (name, config) in variants() {
-        // Non-zero projections so every parameter receives a gradient.
-        let config = Gpt2Config { zero_init_projections: false, ..config };
+    let (device, seq, targets) = (Device::flex().autodiff(), sequence(), next_tokens());
+    for (name, config) in variants_with_all_gradients() {
         let model = Gpt2::new(&config, &device, 2).unwrap();
         let loss = |m: &Gpt2| m.loss(tokens(&seq, &device), tokens(&targets, &device)).unwrap();
         let grads = GradientsParams::from_grads(loss(&model).backward(), &model);
@@ -121,6 +131,38 @@ fn gradients_match_finite_differences_for_every_option() {
             (numeric - directional).abs() <= 0.01 * directional.abs() + 2e-3,
             "{name}: directional derivative {directional} but finite difference {numeric}"
         );
+    }
+}
+
+/// bf16 mixed precision: logits, weights and gradients stay f32 and close to the f32 model's,
+/// and differ from them (the products really run in bfloat16).
+#[test]
+fn bf16_products_keep_f32_weights_and_gradients_close_to_f32() {
+    let (device, seq, targets) = (Device::flex().autodiff(), sequence(), next_tokens());
+    for (name, config) in variants_with_all_gradients() {
+        let full = Gpt2::new(&config, &device, 2).unwrap();
+        let mixed = full.clone().with_precision(Precision::Bf16);
+        assert_eq!(mixed.precision(), Precision::Bf16);
+        let (a, b) = (full.forward(tokens(&seq, &device)).unwrap(), mixed.forward(tokens(&seq, &device)).unwrap());
+        assert_eq!(b.dtype(), DType::F32, "{name}: logits");
+        let scale = a.clone().abs().max().into_scalar::<f64>().max(1.0);
+        let diff = a.sub(b).abs().max().into_scalar::<f64>();
+        assert!(diff > 0.0 && diff < 3e-2 * scale, "{name}: bf16 logits differ by {diff} (scale {scale})");
+
+        let grads = |m: &Gpt2| GradientsParams::from_grads(m.loss(tokens(&seq, &device), tokens(&targets, &device)).unwrap().backward(), m);
+        let (ga, gb) = (grads(&full), grads(&mixed));
+        let (mut diff, mut norm) = (0.0f64, 0.0f64);
+        for (param, id, shape) in full.named_params() {
+            let (x, y) = match shape.len() {
+                1 => (ga.get::<1>(id).unwrap().flatten::<1>(0, 0), gb.get::<1>(id).unwrap().flatten::<1>(0, 0)),
+                _ => (ga.get::<2>(id).unwrap().flatten::<1>(0, 1), gb.get::<2>(id).unwrap().flatten::<1>(0, 1)),
+            };
+            assert_eq!(y.dtype(), DType::F32, "{name}: gradient of {param}");
+            diff += x.clone().sub(y).square().sum().into_scalar::<f64>();
+            norm += x.square().sum().into_scalar::<f64>();
+        }
+        let relative = (diff / norm).sqrt();
+        assert!(relative > 0.0 && relative < 5e-2, "{name}: bf16 gradients differ by {relative} (relative L2)");
     }
 }
 

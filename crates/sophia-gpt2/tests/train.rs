@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use sophia_gpt2::data::{BatchSampler, DataError, Gpt2Tokenizer, TokenFile, prepare};
 use sophia_gpt2::train::{Backend, NonFinitePolicy, OptimizerKind, RunOptions, SweepGrid, TrainConfig, TrainError, metrics, sweep, train};
-use sophia_gpt2::Gpt2Config;
+use sophia_gpt2::{Gpt2Config, Precision};
 
 /// A fresh directory for one test.
 fn scratch(name: &str) -> PathBuf {
@@ -96,6 +96,35 @@ fn a_crashed_run_resumes_exactly() {
         assert!(!kept.iter().any(|k| k.ends_with(".partial")), "{kept:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
+}
+
+/// A bf16 mixed-precision run follows the f32 run closely without being identical to it, and a
+/// crashed bf16 run resumes exactly.
+#[test]
+fn a_bf16_run_tracks_the_f32_run_and_resumes_exactly() {
+    let dir = scratch("bf16");
+    let full = tiny(&dir, OptimizerKind::SophiaG);
+    let mixed = TrainConfig { name: "bf16".into(), precision: Precision::Bf16, ..full.clone() };
+    train(&full, &RunOptions::default()).unwrap();
+    train(&mixed, &RunOptions::default()).unwrap();
+    let train_losses = |name: &str| -> Vec<f64> {
+        let log = metrics::read(&dir.join("runs").join(name).join("metrics.jsonl")).unwrap();
+        log.iter().filter(|r| r.kind == "train").map(|r| r.train_loss.unwrap()).collect()
+    };
+    let (a, b) = (train_losses(&full.name), train_losses("bf16"));
+    assert_eq!(a.len(), b.len());
+    assert!(a != b, "the bf16 run computed exactly what the f32 run did: {a:?}");
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() < 0.05, "f32 losses {a:?}, bf16 losses {b:?}");
+    }
+
+    let run_dir = dir.join("runs/bf16");
+    let expected = losses(&run_dir);
+    std::fs::remove_dir_all(&run_dir).unwrap();
+    assert!(train(&mixed, &RunOptions { stop_after: Some(5), ..RunOptions::default() }).is_err());
+    train(&mixed, &RunOptions { resume: true, ..RunOptions::default() }).unwrap();
+    assert_eq!(losses(&run_dir), expected, "resumed bf16 run differs");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

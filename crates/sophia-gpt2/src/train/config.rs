@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::backend::Backend;
 use crate::config::Gpt2Config;
+use crate::precision::Precision;
 
 /// The optimizers a run can use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -92,6 +93,9 @@ pub struct TrainConfig {
     pub val_fraction: f64,
     /// Backend.
     pub backend: Backend,
+    /// Precision of the model's matrix products (`bf16`: mixed precision with f32 weights,
+    /// gradients and optimizer state; see `sophia_gpt2::precision`).
+    pub precision: Precision,
     /// Model preset (see `PRESETS`), used when `model` is not given.
     pub preset: String,
     /// Full model config; overrides `preset`.
@@ -168,6 +172,7 @@ impl Default for TrainConfig {
             data_dir: "data".into(),
             val_fraction: 0.1,
             backend: Backend::Flex,
+            precision: Precision::F32,
             preset: "cpu-3m".into(),
             model: None,
             block_size: Some(64),

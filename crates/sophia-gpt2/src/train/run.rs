@@ -120,6 +120,7 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<TrainSummary,
     config.validate().map_err(TrainError::Config)?;
     let model_config = config.model_config()?;
     let device: Device = config.backend.device().map_err(TrainError::Config)?.autodiff();
+    config.precision.check_device(&device).map_err(TrainError::Config)?;
     let say = |line: &str| eprintln!("{line}");
     let data = prepare(&config.data, &config.data_dir, config.val_fraction, &mut |line| say(line))?;
     let (train_tokens, val_tokens) = (data.train()?, data.val()?);
@@ -143,7 +144,7 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<TrainSummary,
     let config_path = run_dir.join("config.json");
     std::fs::write(&config_path, serde_json::to_string_pretty(config).expect("config serializes")).map_err(io_err(&config_path))?;
 
-    let mut model = Gpt2::new(&model_config, &device, config.seed)?;
+    let mut model = Gpt2::new(&model_config, &device, config.seed)?.with_precision(config.precision);
     let mut optimizer = RunOptimizer::new(config, &model, tokens_per_step).map_err(TrainError::Config)?;
     let (mut start, mut tokens, mut elapsed_before, mut refreshes_before) = (0, 0u64, 0.0, 0);
     if options.resume {
@@ -165,11 +166,12 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<TrainSummary,
     let labels = SampledLabelHessian::new(config.seed);
     let hutchinson = Hutchinson::new(config.hutchinson_epsilon, config.seed).map_err(|e| TrainError::Config(e.to_string()))?;
     say(&format!(
-        "{} parameters, {} optimizer, {tokens_per_step} tokens/step, {} steps, backend {}; unigram baseline {:.3}",
+        "{} parameters, {} optimizer, {tokens_per_step} tokens/step, {} steps, backend {} ({}); unigram baseline {:.3}",
         model.num_params(),
         config.optimizer,
         config.max_steps,
         config.backend,
+        config.precision,
         data.meta.unigram_val_loss
     ));
 
