@@ -1,5 +1,6 @@
 //! `cargo xtask test`: the README's test command, and what CI runs; `--backend wgpu` runs the
-//! device-generic tests on WGPU (on a software Vulkan device with `--lavapipe`).
+//! device-generic tests on WGPU (on a software Vulkan device with `--lavapipe`), `--backend
+//! cubecl-cpu` on CubeCL's LLVM CPU backend (offline with `--llvm-standin`).
 
 use std::path::Path;
 use std::process::Command;
@@ -17,6 +18,20 @@ enum TestBackend {
     /// The device-generic tests on WGPU (optimizer and GPT-2 golden tests, training steps of a
     /// tiny model, checkpoint round trip), built into target/wgpu.
     Wgpu,
+    /// The same tests on CubeCL's CPU backend (the CubeCL code path that CUDA shares, kernels
+    /// compiled by LLVM), built into target/cubecl-cpu.
+    CubeclCpu,
+}
+
+impl TestBackend {
+    /// The name of the backend, of its cargo feature and of its target directory.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Flex => "flex",
+            Self::Wgpu => "wgpu",
+            Self::CubeclCpu => "cubecl-cpu",
+        }
+    }
 }
 
 #[derive(Args)]
@@ -28,6 +43,11 @@ pub(crate) struct TestArgs {
     /// apt-get when missing), so the WGPU path runs on a machine without a GPU.
     #[arg(long)]
     lavapipe: bool,
+    /// With `--backend cubecl-cpu`: build without internet access, with Debian's LLVM standing
+    /// in for the LLVM bundle that `cubecl-llvm` downloads (`../shared/tools/
+    /// offline-llvm-standin.sh`, run when the stand-in is missing).
+    #[arg(long)]
+    llvm_standin: bool,
     /// Extra arguments for the test runner (e.g. a test-name filter).
     #[arg(trailing_var_arg = true)]
     filter: Vec<String>,
@@ -51,11 +71,14 @@ pub(crate) fn run(args: TestArgs) -> anyhow::Result<()> {
         );
     }
     let nextest = Command::new("cargo").args(["nextest", "--version"]).output().is_ok_and(|o| o.status.success());
-    if args.backend == TestBackend::Wgpu {
-        return run_wgpu(&args, nextest);
-    }
-    if args.lavapipe {
+    if args.lavapipe && args.backend != TestBackend::Wgpu {
         bail!("--lavapipe applies to --backend wgpu");
+    }
+    if args.llvm_standin && args.backend != TestBackend::CubeclCpu {
+        bail!("--llvm-standin applies to --backend cubecl-cpu");
+    }
+    if args.backend != TestBackend::Flex {
+        return run_device_generic(&args, nextest);
     }
     if nextest {
         run_command(
@@ -74,23 +97,47 @@ pub(crate) fn run(args: TestArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_wgpu(args: &TestArgs, nextest: bool) -> anyhow::Result<()> {
+/// The device-generic tests on a GPU-path backend, built with its feature in its own target
+/// directory.
+fn run_device_generic(args: &TestArgs, nextest: bool) -> anyhow::Result<()> {
+    let backend = args.backend.name();
     if !nextest {
-        bail!("`--backend wgpu` selects its tests with a nextest filter: install it with `cargo install cargo-nextest`");
+        bail!("`--backend {backend}` selects its tests with a nextest filter: install it with `cargo install cargo-nextest`");
     }
     let mut command = Command::new("cargo");
     command
-        .args(["nextest", "run", "-p", "sophia-optim", "-p", "sophia-gpt2", "--features", "sophia-golden/wgpu,sophia-gpt2/wgpu"])
+        .args(["nextest", "run", "-p", "sophia-optim", "-p", "sophia-gpt2", "--features"])
+        .arg(format!("sophia-golden/{backend},sophia-gpt2/{backend}"))
         .args(["--no-fail-fast", "--failure-output", "final", "--test-threads", "1", "-E", DEVICE_GENERIC])
         .args(&args.filter)
-        // A separate target directory: the WGPU build of Burn does not replace the CPU one.
-        .env("CARGO_TARGET_DIR", workspace_root().join("target/wgpu"))
-        .env("SOPHIA_TEST_BACKEND", "wgpu");
+        // A separate target directory: this build of Burn does not replace the CPU one.
+        .env("CARGO_TARGET_DIR", workspace_root().join("target").join(backend))
+        .env("SOPHIA_TEST_BACKEND", backend);
     if args.lavapipe {
         install_lavapipe()?;
         command.env("VK_ICD_FILENAMES", LAVAPIPE_ICD);
     }
+    if args.llvm_standin {
+        install_llvm_standin()?;
+    }
     run_command(&mut command)
+}
+
+/// Present Debian's LLVM where `cubecl-llvm`'s build looks for its bundle, unless it is there.
+fn install_llvm_standin() -> anyhow::Result<()> {
+    let data = match std::env::var_os("XDG_DATA_HOME") {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".local/share"),
+    };
+    if data.join("tracel/tracel-llvm-23.1.0-4/.tracel-llvm-installed").is_file() {
+        return Ok(());
+    }
+    let script = workspace_root().join("../shared/tools/offline-llvm-standin.sh");
+    if !script.is_file() {
+        bail!("the LLVM stand-in script is missing at {}: clone the project next to `shared/`, or build with internet access without --llvm-standin", script.display());
+    }
+    run_command(as_root("apt-get").arg("update"))?;
+    run_command(as_root("sh").arg(&script))
 }
 
 /// Install Mesa's Vulkan drivers (lavapipe) and the Vulkan loader with apt-get if missing.
@@ -99,14 +146,20 @@ fn install_lavapipe() -> anyhow::Result<()> {
         return Ok(());
     }
     eprintln!("lavapipe not found at {LAVAPIPE_ICD}; installing mesa-vulkan-drivers, libvulkan1 and vulkan-tools");
-    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"));
-    let mut apt = Command::new(if root { "apt-get" } else { "sudo" });
-    if !root {
-        apt.arg("apt-get");
-    }
-    run_command(apt.args(["install", "-y", "--no-install-recommends", "mesa-vulkan-drivers", "libvulkan1", "vulkan-tools"]))?;
+    run_command(as_root("apt-get").args(["install", "-y", "--no-install-recommends", "mesa-vulkan-drivers", "libvulkan1", "vulkan-tools"]))?;
     if !Path::new(LAVAPIPE_ICD).is_file() {
         bail!("lavapipe is still missing at {LAVAPIPE_ICD} after installing mesa-vulkan-drivers; set VK_ICD_FILENAMES to its manifest");
     }
     Ok(())
+}
+
+/// `program`, through `sudo` unless this process runs as root.
+fn as_root(program: &str) -> Command {
+    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    if root {
+        return Command::new(program);
+    }
+    let mut sudo = Command::new("sudo");
+    sudo.arg(program);
+    sudo
 }

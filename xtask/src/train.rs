@@ -16,7 +16,7 @@ pub(crate) struct TrainArgs {
     /// A named hyperparameter preset, e.g. `paper-125m-sophiag` or `cpu-adamw`.
     #[arg(long)]
     pub(crate) hyperparameters: Option<String>,
-    /// Backend: flex, ndarray, wgpu, vulkan, cuda.
+    /// Backend: flex, ndarray, wgpu, vulkan, cuda, cubecl-cpu.
     #[arg(long)]
     backend: Option<Backend>,
     /// Precision of the matrix products: f32, or bf16 (mixed precision: f32 weights, gradients

@@ -27,9 +27,11 @@ pub fn test_device() -> burn::tensor::Device {
         "flex" => burn::tensor::Device::flex(),
         #[cfg(feature = "wgpu")]
         "wgpu" => burn::tensor::Device::wgpu(Default::default()),
+        #[cfg(feature = "cubecl-cpu")]
+        "cubecl-cpu" => burn::tensor::Device::cpu(),
         other => panic!(
-            "{TEST_BACKEND_ENV}={other} is not available in this build: use flex, or wgpu with the \
-             `wgpu` feature (`cargo xtask test --backend wgpu`)"
+            "{TEST_BACKEND_ENV}={other} is not available in this build: use flex, or wgpu / cubecl-cpu \
+             with the feature of that name (`cargo xtask test --backend wgpu|cubecl-cpu`)"
         ),
     }
 }

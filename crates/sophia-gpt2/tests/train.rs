@@ -234,11 +234,15 @@ fn bad_inputs_are_clear_errors() {
     let message = err(&TrainConfig { rho: -1.0, optimizer: OptimizerKind::SophiaG, ..base.clone() });
     assert!(message.contains("rho") && message.contains("-1"), "{message}");
 
-    assert!("metal".parse::<Backend>().unwrap_err().contains("flex, ndarray, wgpu, vulkan, cuda"));
-    if !Backend::Wgpu.is_compiled() {
-        let message = err(&TrainConfig { backend: Backend::Wgpu, ..base.clone() });
-        assert!(message.contains("--features wgpu"), "{message}");
+    assert!("metal".parse::<Backend>().unwrap_err().contains("flex, ndarray, wgpu, vulkan, cuda, cubecl-cpu"));
+    for backend in [Backend::Wgpu, Backend::Vulkan, Backend::Cuda, Backend::CubeclCpu] {
+        if !backend.is_compiled() {
+            let message = err(&TrainConfig { backend, ..base.clone() });
+            assert!(message.contains(&format!("--features {backend}")), "{message}");
+        }
     }
+    let message = "f16".parse::<sophia_gpt2::Precision>().unwrap_err();
+    assert!(message.contains("loss scaling") && message.contains("bf16"), "{message}");
 
     // A truncated token file.
     let bin = dir.join("truncated.bin");

@@ -22,10 +22,14 @@ pub enum Backend {
     Vulkan,
     /// CUDA. Feature `cuda`.
     Cuda,
+    /// CubeCL's CPU backend (kernels compiled with LLVM), the CubeCL code path without a GPU.
+    /// Feature `cubecl-cpu`.
+    #[serde(rename = "cubecl-cpu")]
+    CubeclCpu,
 }
 
 /// The names `--backend` accepts.
-pub const BACKENDS: &str = "flex, ndarray, wgpu, vulkan, cuda";
+pub const BACKENDS: &str = "flex, ndarray, wgpu, vulkan, cuda, cubecl-cpu";
 
 impl FromStr for Backend {
     type Err = String;
@@ -37,6 +41,7 @@ impl FromStr for Backend {
             "wgpu" => Ok(Self::Wgpu),
             "vulkan" => Ok(Self::Vulkan),
             "cuda" => Ok(Self::Cuda),
+            "cubecl-cpu" => Ok(Self::CubeclCpu),
             _ => Err(format!("unknown backend `{name}`; choose one of {BACKENDS}")),
         }
     }
@@ -50,6 +55,7 @@ impl fmt::Display for Backend {
             Self::Wgpu => "wgpu",
             Self::Vulkan => "vulkan",
             Self::Cuda => "cuda",
+            Self::CubeclCpu => "cubecl-cpu",
         };
         f.write_str(name)
     }
@@ -63,6 +69,7 @@ impl Backend {
             Self::Wgpu => cfg!(feature = "wgpu"),
             Self::Vulkan => cfg!(feature = "vulkan"),
             Self::Cuda => cfg!(feature = "cuda"),
+            Self::CubeclCpu => cfg!(feature = "cubecl-cpu"),
         }
     }
 
@@ -85,6 +92,8 @@ impl Backend {
             Self::Vulkan => Device::vulkan(Default::default()),
             #[cfg(feature = "cuda")]
             Self::Cuda => Device::cuda(0usize),
+            #[cfg(feature = "cubecl-cpu")]
+            Self::CubeclCpu => Device::cpu(),
             #[allow(unreachable_patterns)]
             _ => unreachable!("checked by is_compiled"),
         })
