@@ -14,7 +14,7 @@
 //!
 //! With Burn's multi-device strategy (`MultiDeviceOptim::OptimMainDevice`), every device runs
 //! `step` on its own slice of the data in its own worker thread, Burn sums the workers'
-//! gradients on the main device and runs `optimize` once there. With `devices = n`:
+//! gradients on the main device and runs `optimize` once there. With `n` devices and `shares = n`:
 //!
 //! - each worker back-propagates its mean loss divided by `n`, so Burn's sum is the gradient of
 //!   the mean loss over the global batch, as one device with `n` times the batch would compute;
@@ -26,8 +26,13 @@
 //!
 //! Every device must get a full batch at every step (make the dataset a multiple of
 //! `n × batch`): Burn sums whatever the workers return, so a step with fewer parts would
-//! be smaller. `MultiDeviceOptim::OptimSharded` is not supported: its optimizer runs per device
-//! on a share of the parameters, outside `TrainStep::optimize`.
+//! be smaller. Burn's gradient accumulation (`grads_accumulation(a)`) sums `a` micro-batches
+//! per device and step in the same way: pass `shares = n × a` (and count their tokens in `bs`).
+//!
+//! Not supported: `MultiDeviceOptim::OptimSharded`, whose optimizer runs per device on a share
+//! of the parameters, outside `TrainStep::optimize`; and Burn's `DistributedDataParallel`
+//! strategy, which keeps one optimizer per device while the clones of a `LearnerRefresh` share
+//! one state.
 //!
 //! Each `ĝ` part draws its labels from `(seed, step, key)`, where `key` identifies the part
 //! (for example the index of the batch's first sample), so a run is reproducible whichever
@@ -52,7 +57,7 @@ use crate::model::Gpt2;
 pub struct LearnerRefresh {
     control: SophiaControl,
     interval: usize,
-    devices: usize,
+    shares: usize,
     labels: SampledLabelHessian,
     /// Optimizer steps taken so far.
     steps: Arc<AtomicUsize>,
@@ -62,15 +67,16 @@ pub struct LearnerRefresh {
 
 impl std::fmt::Debug for LearnerRefresh {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "LearnerRefresh(every {} steps, {} device(s))", self.interval, self.devices)
+        write!(f, "LearnerRefresh(every {} steps, {} shares)", self.interval, self.shares)
     }
 }
 
 impl LearnerRefresh {
-    /// Refresh every `interval` optimizer steps (SophiaG's `k`), with each step's batch split
-    /// over `devices` devices; labels are drawn from `seed`.
-    pub fn new(control: SophiaControl, interval: usize, devices: usize, seed: u64) -> Result<Self, ModelError> {
-        for (name, value) in [("interval", interval), ("devices", devices)] {
+    /// Refresh every `interval` optimizer steps (SophiaG's `k`), with each step's batch made of
+    /// `shares` equal parts whose gradients Burn sums (the devices, times the micro-batches of
+    /// gradient accumulation); labels are drawn from `seed`.
+    pub fn new(control: SophiaControl, interval: usize, shares: usize, seed: u64) -> Result<Self, ModelError> {
+        for (name, value) in [("interval", interval), ("shares", shares)] {
             if value == 0 {
                 return Err(ModelError::Config(format!("LearnerRefresh: `{name}` must be at least 1")));
             }
@@ -78,7 +84,7 @@ impl LearnerRefresh {
         Ok(Self {
             control,
             interval,
-            devices,
+            shares,
             labels: SampledLabelHessian::new(seed),
             steps: Arc::new(AtomicUsize::new(0)),
             staged: Arc::new(Mutex::new(Vec::new())),
@@ -100,18 +106,18 @@ impl LearnerRefresh {
         ((step as u64) << 32) ^ key
     }
 
-    /// The training gradients of this device's part of the global mean `loss` (its own mean
-    /// cross-entropy divided by the number of devices).
+    /// The training gradients of this part's share of the step's mean loss (`loss`, the part's
+    /// own mean cross-entropy, divided by the number of shares).
     pub fn backward(&self, loss: Tensor<1>) -> Gradients {
-        share_of(loss, self.devices).backward()
+        share_of(loss, self.shares).backward()
     }
 
-    /// On a refresh step, compute this device's part of `ĝ` on `inputs` `[batch, block]` and keep
-    /// it for [`optimize`](Self::optimize); `key` must differ between the devices' batches of a
-    /// step. Does nothing on other steps.
+    /// On a refresh step, compute this part's share of `ĝ` on `inputs` `[batch, block]` and keep
+    /// it for [`optimize`](Self::optimize); `key` must differ between the parts of a step. Does
+    /// nothing on other steps.
     pub fn stage(&self, model: &Gpt2, inputs: Tensor<2, Int>, key: u64) -> Result<(), ModelError> {
         if self.refresh_due() {
-            let part = self.labels.gradients_of_share(model, inputs, Self::draw(self.steps(), key), self.devices)?;
+            let part = self.labels.gradients_of_share(model, inputs, Self::draw(self.steps(), key), self.shares)?;
             self.staged().push((key, part.grads));
         }
         Ok(())
