@@ -8,7 +8,8 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use sophia_bench::memory::{MemoryEntry, MemoryReport};
 use sophia_bench::{compare, machine::Machine, memory, report, step, throughput};
-use sophia_gpt2::train::{Backend, OptimizerKind, RunOptions};
+use sophia_train::Backend;
+use sophia_train::train::{OptimizerKind, RunOptions};
 
 use crate::train::{TrainArgs, config};
 use crate::workspace_root;
@@ -34,7 +35,7 @@ enum Bench {
         #[arg(long, default_value_t = 5)]
         repetitions: usize,
         /// Backend.
-        #[arg(long, default_value = "flex")]
+        #[arg(long, default_value = "flex", value_parser = crate::named::<Backend>(Backend::ALL.iter().map(|b| b.name())))]
         backend: Backend,
         /// Output JSON (a PNG and an SVG are drawn beside it).
         #[arg(long, default_value = "results/bench-step.json")]
@@ -47,7 +48,7 @@ enum Bench {
         #[arg(long, value_delimiter = ',', default_value = "cpu-3m,cpu-10m,cpu-30m")]
         presets: Vec<String>,
         /// Optimizers.
-        #[arg(long, value_delimiter = ',', default_value = "adamw,sophiag,sophiah,lion,tiger,muon")]
+        #[arg(long, value_delimiter = ',', default_value = "adamw,sophiag,sophiah,lion,tiger,muon", value_parser = crate::named::<OptimizerKind>(OptimizerKind::ALL.iter().map(|k| k.name())))]
         optimizers: Vec<OptimizerKind>,
         /// Sequences per measured step.
         #[arg(long, default_value_t = 8)]
@@ -56,7 +57,7 @@ enum Bench {
         #[arg(long, default_value_t = 64)]
         block_size: usize,
         /// Backend.
-        #[arg(long, default_value = "flex")]
+        #[arg(long, default_value = "flex", value_parser = crate::named::<Backend>(Backend::ALL.iter().map(|b| b.name())))]
         backend: Backend,
         /// Output JSON.
         #[arg(long, default_value = "results/memory.json")]
@@ -64,7 +65,15 @@ enum Bench {
     },
     /// One measurement of `bench memory`, printed as JSON (run in its own process).
     #[command(hide = true)]
-    MemoryOne { preset: String, optimizer: OptimizerKind, batch_size: usize, block_size: usize, backend: Backend },
+    MemoryOne {
+        preset: String,
+        #[arg(value_parser = crate::named::<OptimizerKind>(OptimizerKind::ALL.iter().map(|k| k.name())))]
+        optimizer: OptimizerKind,
+        batch_size: usize,
+        block_size: usize,
+        #[arg(value_parser = crate::named::<Backend>(Backend::ALL.iter().map(|b| b.name())))]
+        backend: Backend,
+    },
     /// Training tokens/s, MFU against the measured peak matmul rate, and the cost of a SophiaG
     /// refresh relative to a training step, per preset.
     Throughput {
@@ -81,7 +90,7 @@ enum Bench {
         #[arg(long, default_value_t = 5)]
         repetitions: usize,
         /// Backend.
-        #[arg(long, default_value = "flex")]
+        #[arg(long, default_value = "flex", value_parser = crate::named::<Backend>(Backend::ALL.iter().map(|b| b.name())))]
         backend: Backend,
         /// Output JSON.
         #[arg(long, default_value = "results/throughput.json")]
@@ -105,10 +114,10 @@ pub(crate) struct CompareArgs {
     #[command(flatten)]
     base: TrainArgs,
     /// Optimizers to compare (AdamW is the reference for the step ratios).
-    #[arg(long, value_delimiter = ',', default_value = "adamw,sophiag,sophiah,lion,tiger,muon")]
+    #[arg(long, value_delimiter = ',', default_value = "adamw,sophiag,sophiah,lion,tiger,muon", value_parser = crate::named::<OptimizerKind>(OptimizerKind::ALL.iter().map(|k| k.name())))]
     optimizers: Vec<OptimizerKind>,
     /// Learning rates tried per optimizer, as multiples of its CPU preset's learning rate.
-    #[arg(long, value_delimiter = ',', default_value = "0.5,1,2")]
+    #[arg(long, value_delimiter = ',', default_value = "0.5,1,2", value_parser = crate::finite)]
     lr_multipliers: Vec<f64>,
     /// Output JSON (a table, a PNG and an SVG are written beside it).
     #[arg(long, default_value = "results/compare.json")]
@@ -130,7 +139,7 @@ fn output(path: PathBuf) -> anyhow::Result<PathBuf> {
 }
 
 fn device(backend: Backend) -> anyhow::Result<burn::tensor::Device> {
-    Ok(backend.device().map_err(anyhow::Error::msg)?.autodiff())
+    Ok(backend.device()?.autodiff())
 }
 
 pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -142,9 +151,9 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
                 bail!("--repetitions must be at least 1");
             }
             let presets: Vec<&str> = presets.iter().map(String::as_str).collect();
-            let report = step::run(&presets, repetitions, &device(backend)?, &backend.to_string(), say).map_err(anyhow::Error::msg)?;
+            let report = step::run(&presets, repetitions, &device(backend)?, &backend.to_string(), say)?;
             let out = output(out)?;
-            step::write(&report, &out).map_err(anyhow::Error::msg)?;
+            step::write(&report, &out)?;
             println!("{:<10} {:>10} {:>12} {:>12} {:>10}", "optimizer", "preset", "median (s)", "ns/param", "vs AdamW");
             for t in &report.timings {
                 println!("{:<10} {:>10} {:>12.4} {:>12.3} {:>10.2}", t.optimizer, t.preset, t.median_secs, t.ns_per_param, t.ratio_to_adamw);
@@ -153,7 +162,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
             Ok(())
         }
         Bench::Memory { presets, optimizers, batch_size, block_size, backend, out } => {
-            backend.device().map_err(anyhow::Error::msg)?;
+            backend.device()?;
             let exe = std::env::current_exe().context("cannot find this program to measure in fresh processes")?;
             let mut entries = Vec::new();
             for preset in &presets {
@@ -176,21 +185,21 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
             let report = MemoryReport { machine: Machine::detect(&backend.to_string()), entries };
             let out = output(out)?;
-            memory::write(&report, &out).map_err(anyhow::Error::msg)?;
+            memory::write(&report, &out)?;
             println!("wrote {} and its plot", out.display());
             Ok(())
         }
         Bench::MemoryOne { preset, optimizer, batch_size, block_size, backend } => {
-            let entry = memory::measure(&preset, optimizer, batch_size, block_size, &device(backend)?).map_err(anyhow::Error::msg)?;
+            let entry = memory::measure(&preset, optimizer, batch_size, block_size, &device(backend)?)?;
             println!("{}", serde_json::to_string(&entry)?);
             Ok(())
         }
         Bench::Throughput { presets, batch_size, block_size, repetitions, backend, out } => {
             let presets: Vec<&str> = presets.iter().map(String::as_str).collect();
             let report = throughput::run(&presets, batch_size, block_size, repetitions, &device(backend)?, &backend.to_string(), say)
-                .map_err(anyhow::Error::msg)?;
+                ?;
             let out = output(out)?;
-            throughput::write(&report, &out).map_err(anyhow::Error::msg)?;
+            throughput::write(&report, &out)?;
             println!("wrote {} and its plot", out.display());
             Ok(())
         }
@@ -198,7 +207,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
             let results = resolve(results);
             let notes_path = workspace_root().join("docs/results-notes.md");
             let notes = std::fs::read_to_string(&notes_path).ok();
-            let text = report::render(&results, notes.as_deref()).map_err(anyhow::Error::msg)?;
+            let text = report::render(&results, notes.as_deref())?;
             let out = output(out)?;
             std::fs::write(&out, text).with_context(|| format!("cannot write {}", out.display()))?;
             println!("wrote {}", out.display());
@@ -225,12 +234,12 @@ fn run_compare(args: CompareArgs) -> anyhow::Result<()> {
     // Ten evaluations per run for the curves, one checkpoint at the end, no samples or plots.
     base.eval_interval = (base.max_steps / 10).max(1);
     (base.checkpoint_interval, base.sample_tokens, base.plots) = (base.max_steps, 0, false);
-    base.validate().map_err(anyhow::Error::msg)?;
+    base.validate()?;
     let options = compare::CompareOptions { optimizers: args.optimizers, base, lr_multipliers: args.lr_multipliers };
     let run_options = RunOptions { resume: false, progress_bar: std::io::IsTerminal::is_terminal(&std::io::stderr()), stop_after: None };
-    let report = compare::run(&options, &run_options, &mut |line| eprintln!("{line}")).map_err(anyhow::Error::msg)?;
+    let report = compare::run(&options, &run_options, &mut |line| eprintln!("{line}"))?;
     let out = output(args.out)?;
-    compare::write(&report, &out).map_err(anyhow::Error::msg)?;
+    compare::write(&report, &out)?;
     println!("{}", compare::markdown(&report));
     println!("wrote {}, {} and {}", out.display(), out.with_extension("md").display(), out.with_extension("png").display());
     Ok(())

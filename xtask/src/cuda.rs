@@ -17,7 +17,7 @@ pub(crate) struct CheckCudaArgs {}
 pub(crate) fn run(_: CheckCudaArgs) -> anyhow::Result<()> {
     run_command(
         Command::new("cargo")
-            .args(["check", "--workspace", "--all-targets", "--features", "xtask/cuda,sophia-gpt2/cuda"])
+            .args(["check", "--workspace", "--all-targets", "--features", "xtask/cuda,sophia-golden/cuda"])
             .env("DOCS_RS", "1")
             // Its own target directory: the CUDA feature set does not replace the CPU build.
             .env("CARGO_TARGET_DIR", workspace_root().join("target/cuda")),

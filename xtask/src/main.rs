@@ -34,6 +34,7 @@ enum Commands {
 }
 
 fn main() -> anyhow::Result<()> {
+    ignore_file_size_signal();
     match Cli::parse().command {
         Commands::Test(args) => test::run(args),
         Commands::Train(args) => train::run(*args),
@@ -67,4 +68,53 @@ fn shown(command: &Command) -> String {
         .map(|s| s.to_string_lossy().into_owned())
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Let a write past the file-size limit (`ulimit -f`) fail with an error the run reports, like a
+/// full disk, instead of killing the process with SIGXFSZ.
+fn ignore_file_size_signal() {
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to "ignore" before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}
+
+/// A clap parser for one of the project's named enums (one `ALL` list each): `--help` lists the
+/// names, and the value is parsed by the type's own `FromStr`, whose error says what to use
+/// instead (e.g. why f16 is refused, which cargo feature a backend needs).
+#[derive(Clone)]
+pub(crate) struct Named<T> {
+    names: Vec<&'static str>,
+    parse: fn(&str) -> Result<T, String>,
+}
+
+pub(crate) fn named<T>(names: impl IntoIterator<Item = &'static str>) -> Named<T>
+where
+    T: std::str::FromStr + Clone + Send + Sync + 'static,
+    T::Err: std::fmt::Display,
+{
+    Named { names: names.into_iter().collect(), parse: |text| text.parse::<T>().map_err(|e| e.to_string()) }
+}
+
+impl<T: Clone + Send + Sync + 'static> clap::builder::TypedValueParser for Named<T> {
+    type Value = T;
+
+    fn parse_ref(&self, cmd: &clap::Command, arg: Option<&clap::Arg>, value: &std::ffi::OsStr) -> Result<T, clap::Error> {
+        let text = value.to_string_lossy();
+        (self.parse)(&text).map_err(|reason| {
+            let flag = arg.map_or_else(|| "value".to_string(), |a| a.to_string());
+            clap::Error::raw(clap::error::ErrorKind::InvalidValue, format!("invalid value '{text}' for '{flag}': {reason}\n")).with_cmd(cmd)
+        })
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(self.names.iter().map(|name| clap::builder::PossibleValue::new(*name))))
+    }
+}
+
+/// A clap parser for a finite number: `--lr NaN` is refused naming the flag.
+pub(crate) fn finite(text: &str) -> Result<f64, String> {
+    let value: f64 = text.trim().parse().map_err(|e| format!("{e}"))?;
+    if value.is_finite() { Ok(value) } else { Err("must be a finite number".into()) }
 }

@@ -3,8 +3,8 @@
 
 use anyhow::bail;
 use clap::Args;
-use sophia_gpt2::train::sweep::markdown_table;
-use sophia_gpt2::train::{RunOptions, SweepGrid, sweep};
+use sophia_train::train::sweep::markdown_table;
+use sophia_train::train::{RunOptions, SweepGrid, sweep};
 
 use crate::train::{TrainArgs, config};
 
@@ -14,13 +14,13 @@ pub(crate) struct SweepArgs {
     #[command(flatten)]
     base: TrainArgs,
     /// Peak learning rates to try, comma-separated (e.g. `3e-3,6e-3,1.2e-2`).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = crate::finite)]
     grid_lr: Vec<f64>,
     /// ρ values to try (SophiaG).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = crate::finite)]
     grid_rho: Vec<f64>,
     /// Weight decays to try.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = crate::finite)]
     grid_weight_decay: Vec<f64>,
     /// Batch sizes (sequences per micro-batch) to try.
     #[arg(long, value_delimiter = ',')]
@@ -33,7 +33,7 @@ pub(crate) struct SweepArgs {
 pub(crate) fn run(args: SweepArgs) -> anyhow::Result<()> {
     let mut base = config(&args.base)?;
     if args.base.name.is_none() {
-        base.name = format!("sweep-{}", base.optimizer);
+        base.name = format!("sweep-{}", base.optimizer.kind());
     }
     let grid = SweepGrid {
         lr: args.grid_lr,

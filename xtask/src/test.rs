@@ -62,13 +62,10 @@ const LAVAPIPE_ICD: &str = "/usr/share/vulkan/icd.d/lvp_icd.x86_64.json";
 pub(crate) fn run(args: TestArgs) -> anyhow::Result<()> {
     let golden = match std::env::var_os("SOPHIA_GOLDEN_DIR") {
         Some(dir) => dir.into(),
-        None => workspace_root().join("../shared/golden"),
+        None => workspace_root().join("crates/sophia-golden/data"),
     };
     if !golden.is_dir() {
-        bail!(
-            "golden reference vectors not found at {}: clone the project next to `shared/` or set SOPHIA_GOLDEN_DIR",
-            golden.display()
-        );
+        bail!("golden reference vectors not found at {}: restore crates/sophia-golden/data, or point SOPHIA_GOLDEN_DIR at a golden set", golden.display());
     }
     let nextest = Command::new("cargo").args(["nextest", "--version"]).output().is_ok_and(|o| o.status.success());
     if args.lavapipe && args.backend != TestBackend::Wgpu {
@@ -106,8 +103,8 @@ fn run_device_generic(args: &TestArgs, nextest: bool) -> anyhow::Result<()> {
     }
     let mut command = Command::new("cargo");
     command
-        .args(["nextest", "run", "-p", "sophia-optim", "-p", "sophia-gpt2", "--features"])
-        .arg(format!("sophia-golden/{backend},sophia-gpt2/{backend}"))
+        .args(["nextest", "run", "-p", "sophia-optim", "-p", "sophia-gpt2", "-p", "sophia-train", "--features"])
+        .arg(format!("sophia-golden/{backend},sophia-train/{backend}"))
         .args(["--no-fail-fast", "--failure-output", "final", "--test-threads", "1", "-E", DEVICE_GENERIC])
         .args(&args.filter)
         // A separate target directory: this build of Burn does not replace the CPU one.

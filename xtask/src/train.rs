@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::Args;
 use sophia_gpt2::Precision;
-use sophia_gpt2::train::{Backend, OptimizerKind, RunOptions, TrainConfig, train};
+use sophia_train::Backend;
+use sophia_train::train::{OptimizerKind, RunOptions, TrainConfig, train};
+
+use crate::{finite, named};
 
 #[derive(Args, Debug, Default)]
 pub(crate) struct TrainArgs {
@@ -16,17 +19,17 @@ pub(crate) struct TrainArgs {
     /// A named hyperparameter preset, e.g. `paper-125m-sophiag` or `cpu-adamw`.
     #[arg(long)]
     pub(crate) hyperparameters: Option<String>,
-    /// Backend: flex, ndarray, wgpu, vulkan, cuda, cubecl-cpu.
-    #[arg(long)]
+    /// Backend.
+    #[arg(long, value_parser = named::<Backend>(Backend::ALL.iter().map(|b| b.name())))]
     backend: Option<Backend>,
     /// Precision of the matrix products: f32, or bf16 (mixed precision: f32 weights, gradients
     /// and optimizer state).
-    #[arg(long)]
+    #[arg(long, value_parser = named::<Precision>(Precision::ALL.iter().map(|p| p.name())))]
     precision: Option<Precision>,
-    /// Optimizer: sophiag, sophiah, adamw, lion, tiger, muon.
-    #[arg(long)]
+    /// Optimizer (with its default hyperparameters, unless the config already chose it).
+    #[arg(long, value_parser = named::<OptimizerKind>(OptimizerKind::ALL.iter().map(|k| k.name())))]
     pub(crate) optimizer: Option<OptimizerKind>,
-    /// Model preset: cpu-1m, cpu-10m, cpu-30m, gpt2, gpt2-medium, gpt2-large, gpt2-xl.
+    /// Model preset: cpu-1m, cpu-3m, cpu-10m, cpu-30m, gpt2, gpt2-medium, gpt2-large, gpt2-xl.
     #[arg(long)]
     preset: Option<String>,
     /// Corpus: shakespeare, sotu, moby-dick, several joined with `+`, or a path to a UTF-8 text
@@ -40,7 +43,7 @@ pub(crate) struct TrainArgs {
     #[arg(long)]
     pub(crate) steps: Option<usize>,
     /// Peak learning rate.
-    #[arg(long)]
+    #[arg(long, value_parser = finite)]
     pub(crate) lr: Option<f64>,
     /// Sequences per micro-batch.
     #[arg(long)]
@@ -54,73 +57,70 @@ pub(crate) struct TrainArgs {
     /// Random seed.
     #[arg(long)]
     seed: Option<u64>,
-    /// Any other setting, as `key=value` (value parsed as JSON, else taken as a string), e.g.
-    /// `--set rho=0.03 --set decay=matrices`. Repeatable.
+    /// Any other setting, as `key=value`, e.g. `--set rho=0.03 --set decay=matrices`: a setting
+    /// of the run, or of its optimizer (applied after the flags above, so after --optimizer).
+    /// Repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
-    /// Continue the run from its latest checkpoint.
+    /// Continue the run from its latest checkpoint that verifies.
     #[arg(long)]
     pub(crate) resume: bool,
-    /// Print the effective config and exit.
+    /// Print the effective (validated) config and exit.
     #[arg(long)]
     pub(crate) print_config: bool,
 }
 
-/// The effective config: defaults, then the file, the preset, the flags and `--set`.
+/// The effective config: defaults, then the file, the preset, the flags and `--set`; validated.
 pub(crate) fn config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     let mut config = match &args.config {
-        Some(path) => TrainConfig::from_file(path).map_err(anyhow::Error::msg)?,
+        Some(path) => TrainConfig::from_file(path)?,
         None => TrainConfig::default(),
     };
     if let Some(name) = &args.hyperparameters {
-        config = config.with_hyperparameters(name).map_err(anyhow::Error::msg)?;
+        config = config.with_hyperparameters(name)?;
     }
-    let mut value = serde_json::to_value(&config)?;
-    let object = value.as_object_mut().expect("the config is an object");
-    let mut set = |key: &str, v: serde_json::Value| object.insert(key.to_string(), v);
     if let Some(v) = args.backend {
-        set("backend", serde_json::to_value(v)?);
+        config.backend = v;
     }
     if let Some(v) = args.precision {
-        set("precision", serde_json::to_value(v)?);
+        config.precision = v;
     }
     if let Some(v) = args.optimizer {
-        set("optimizer", serde_json::to_value(v)?);
+        config.set_optimizer(v);
     }
     if let Some(v) = &args.preset {
-        set("preset", v.as_str().into());
+        config.preset = v.clone();
     }
     if let Some(v) = &args.data {
-        set("data", v.as_str().into());
+        config.data = v.clone();
     }
     if let Some(v) = &args.name {
-        set("name", v.as_str().into());
+        config.name = v.clone();
     }
     if let Some(v) = args.steps {
-        set("max_steps", v.into());
+        config.max_steps = v;
     }
     if let Some(v) = args.lr {
-        set("lr", v.into());
+        config.lr = v;
     }
     if let Some(v) = args.batch_size {
-        set("batch_size", v.into());
+        config.batch_size = v;
     }
     if let Some(v) = args.grad_accum {
-        set("grad_accum", v.into());
+        config.grad_accum = v;
     }
     if let Some(v) = args.block_size {
-        set("block_size", v.into());
+        config.block_size = Some(v);
     }
     if let Some(v) = args.seed {
-        set("seed", v.into());
+        config.seed = v;
     }
     for item in &args.set {
-        let (key, raw) = item.split_once('=').with_context(|| format!("--set expects KEY=VALUE, got `{item}`"))?;
-        let v = serde_json::from_str(raw).unwrap_or_else(|_| serde_json::Value::String(raw.to_string()));
-        set(key.trim(), v);
+        let (key, value) = item.split_once('=').with_context(|| format!("--set expects KEY=VALUE, got `{item}`"))?;
+        config.set(key, value).context("--set")?;
     }
-    let config: TrainConfig = serde_json::from_value(value).context("invalid setting")?;
-    config.validate().map_err(anyhow::Error::msg)?;
+    config.validate()?;
+    config.model_config()?;
     Ok(config)
 }
 

@@ -2,20 +2,20 @@
 //! seed and schedule, each at its best learning rate from a small sweep.
 //!
 //! For every optimizer the learning rates `multiplier × lr` of its CPU hyperparameter preset
-//! (`cpu-<optimizer>`) are tried at the full budget with [`sophia_gpt2::train::sweep`]; the best
+//! (`cpu-<optimizer>`) are tried at the full budget with [`sophia_train::train::sweep`]; the best
 //! point's run is the one compared, so the tuning costs no extra run and is recorded beside the
 //! result. The headline figure is the paper's: the steps each optimizer needs to reach AdamW's
 //! final validation loss, as a ratio to AdamW's own.
 
-use std::fmt::Write as _;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use sophia_gpt2::Gpt2;
-use sophia_gpt2::plot::{Panel, Series};
-use sophia_gpt2::train::metrics;
-use sophia_gpt2::train::{OptimizerKind, RunOptions, SweepGrid, TrainConfig, sweep};
+use sophia_train::plot::{Panel, Series};
+use sophia_train::train::metrics;
+use sophia_train::train::{HyperparameterPreset, OptimizerKind, RunOptions, SweepGrid, TrainConfig, sweep};
 
+use crate::BenchError;
 use crate::machine::Machine;
 use crate::memory;
 
@@ -131,32 +131,37 @@ pub fn rank_against_adamw(results: &mut [OptimizerResult]) -> Option<f64> {
 }
 
 /// Run the comparison; `progress` receives one line per stage.
-pub fn run(options: &CompareOptions, run_options: &RunOptions, progress: &mut dyn FnMut(&str)) -> Result<CompareReport, String> {
-    if options.optimizers.is_empty() || options.lr_multipliers.is_empty() {
-        return Err("give at least one optimizer and one learning-rate multiplier".into());
-    }
-    if let Some(bad) = options.lr_multipliers.iter().find(|m| !(**m > 0.0 && m.is_finite())) {
-        return Err(format!("learning-rate multiplier {bad} must be a finite number > 0"));
+pub fn run(options: &CompareOptions, run_options: &RunOptions, progress: &mut dyn FnMut(&str)) -> Result<CompareReport, BenchError> {
+    let v = sophia_optim::Validator::new("bench compare");
+    v.at_least_one("optimizers", options.optimizers.len())?;
+    v.at_least_one("lr_multipliers", options.lr_multipliers.len())?;
+    for &multiplier in &options.lr_multipliers {
+        v.positive("lr_multipliers", multiplier)?;
     }
     let base = &options.base;
-    let model_config = base.model_config().map_err(|e| e.to_string())?;
-    let device = base.backend.device()?.autodiff();
-    let model = Gpt2::new(&model_config, &device, base.seed).map_err(|e| e.to_string())?;
+    let model_config = base.model_config()?;
+    let device = base.backend.device().map_err(sophia_train::TrainError::from)?.autodiff();
+    let model = Gpt2::new(&model_config, &device, base.seed)?;
     let dir = base.out_dir.join(&base.name);
     let mut results = Vec::new();
     let mut unigram = f64::NAN;
     for &kind in &options.optimizers {
-        let mut config = base.clone().with_hyperparameters(&format!("cpu-{kind}"))?;
-        (config.preset, config.block_size, config.model) = (base.preset.clone(), base.block_size, base.model.clone());
+        // The base run with this optimizer (its defaults, or the base's settings for the same
+        // optimizer) at its CPU preset's learning rate and weight decay.
+        let preset = HyperparameterPreset::named(&format!("cpu-{kind}")).map_err(sophia_train::TrainError::from)?;
+        let mut config = base.clone();
+        config.set_optimizer(kind);
+        (config.lr, config.min_lr, config.weight_decay) = (preset.lr, preset.lr / 10.0, preset.weight_decay);
         (config.out_dir, config.name) = (dir.clone(), kind.to_string());
         let grid = SweepGrid { lr: options.lr_multipliers.iter().map(|m| m * config.lr).collect(), ..SweepGrid::default() };
         progress(&format!("{kind}: learning rates {:?}", grid.lr));
-        let report = sweep::sweep(&config, &grid, run_options, progress).map_err(|e| e.to_string())?;
-        let best = report.best.ok_or_else(|| format!("{kind}: every learning rate diverged; try smaller --lr-multipliers"))?;
+        let report = sweep::sweep(&config, &grid, run_options, progress)?;
+        let best = report.best.ok_or(BenchError::Unsupported("every learning rate of an optimizer diverged; try smaller --lr-multipliers"))?;
         let point = &report.points[best];
         let summary = point.summary.as_ref().expect("the best point finished");
         unigram = summary.unigram_val_loss;
-        let records = metrics::read(&point.run_dir.join("metrics.jsonl")).map_err(|e| format!("{}: {e}", point.run_dir.display()))?;
+        let metrics_path = point.run_dir.join("metrics.jsonl");
+        let records = metrics::read(&metrics_path).map_err(|source| BenchError::Io { path: metrics_path.clone(), source })?;
         let curve = records
             .iter()
             .filter(|r| r.kind == "eval")
@@ -192,10 +197,10 @@ pub fn run(options: &CompareOptions, run_options: &RunOptions, progress: &mut dy
 }
 
 /// Write `report` as JSON, and draw `stem.png`/`.svg` and `stem.md` from it.
-pub fn write(report: &CompareReport, json: &Path) -> Result<(), String> {
+pub fn write(report: &CompareReport, json: &Path) -> Result<(), BenchError> {
     crate::write_json(json, report)?;
     let stem = json.with_extension("");
-    std::fs::write(stem.with_extension("md"), markdown(report)).map_err(|e| format!("{}: {e}", stem.display()))?;
+    crate::write_text(&stem.with_extension("md"), &markdown(report))?;
     plot(report, &stem)
 }
 
@@ -214,37 +219,39 @@ pub fn markdown(report: &CompareReport) -> String {
         report.machine.describe()
     );
     let target = report.adamw_final_val_loss.map_or("-".into(), |t| format!("{t:.4}"));
-    let _ = writeln!(out, "Target: AdamW's final validation loss {target}; unigram baseline {:.4}.\n", report.unigram_val_loss);
-    out.push_str("| optimizer | best lr | final val loss | steps to AdamW's loss | vs AdamW | seconds to it | tokens/s | state bytes/param | Hessian time | win rate |\n");
-    out.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+    out.push_str(&format!("Target: AdamW's final validation loss {target}; unigram baseline {:.4}.\n\n", report.unigram_val_loss));
     let opt = |v: Option<f64>, digits: usize| v.map_or("not reached".into(), |v| format!("{v:.digits$}"));
-    for r in &report.results {
-        let _ = writeln!(
-            out,
-            "| {} | {:.2e} | {:.4} | {} | {} | {} | {:.0} | {:.1} | {:.1}% | {} |",
-            r.optimizer,
-            r.lr,
-            r.final_val_loss,
-            opt(r.steps_to_adamw_loss, 0),
-            r.step_ratio_to_adamw.map_or("-".into(), |v| format!("{v:.2}x")),
-            opt(r.seconds_to_adamw_loss, 0),
-            r.tokens_per_sec,
-            r.state_bytes_per_param,
-            100.0 * r.hessian_time_fraction,
-            r.final_win_rate.map_or("-".into(), |w| format!("{w:.3}"))
-        );
-    }
+    let rows: Vec<Vec<String>> = report
+        .results
+        .iter()
+        .map(|r| {
+            vec![
+                r.optimizer.clone(),
+                format!("{:.2e}", r.lr),
+                format!("{:.4}", r.final_val_loss),
+                opt(r.steps_to_adamw_loss, 0),
+                r.step_ratio_to_adamw.map_or("-".into(), |v| format!("{v:.2}x")),
+                opt(r.seconds_to_adamw_loss, 0),
+                format!("{:.0}", r.tokens_per_sec),
+                format!("{:.1}", r.state_bytes_per_param),
+                format!("{:.1}%", 100.0 * r.hessian_time_fraction),
+                r.final_win_rate.map_or("-".into(), |w| format!("{w:.3}")),
+            ]
+        })
+        .collect();
+    let header = ["optimizer", "best lr", "final val loss", "steps to AdamW's loss", "vs AdamW", "seconds to it", "tokens/s", "state bytes/param", "Hessian time", "win rate"];
+    out.push_str(&sophia_train::table::markdown(&header, &rows));
     out.push_str("\nLearning-rate sweeps (final validation loss; the best is compared):\n\n");
     for r in &report.results {
         let points: Vec<String> =
             r.sweep.iter().map(|s| format!("{:.2e}: {}", s.lr, s.final_val_loss.map_or("diverged".into(), |v| format!("{v:.4}")))).collect();
-        let _ = writeln!(out, "- {}: {}", r.optimizer, points.join(", "));
+        out.push_str(&format!("- {}: {}\n", r.optimizer, points.join(", ")));
     }
     out
 }
 
 /// Validation loss against steps and against seconds, and the learning-rate sweeps.
-pub fn plot(report: &CompareReport, stem: &Path) -> Result<(), String> {
+pub fn plot(report: &CompareReport, stem: &Path) -> Result<(), BenchError> {
     let curves = |x: fn(&CurvePoint) -> f64| -> Vec<Series> {
         report
             .results
@@ -259,12 +266,12 @@ pub fn plot(report: &CompareReport, stem: &Path) -> Result<(), String> {
         .map(|r| Series { label: r.optimizer.clone(), points: r.sweep.iter().filter_map(|s| Some((s.lr.log10(), s.final_val_loss?))).collect() })
         .collect();
     let title = format!("{} parameters, {} steps", report.parameters, report.base.max_steps);
-    sophia_gpt2::plot::draw(
+    Ok(sophia_train::plot::draw(
         stem,
         &[
             panel(&format!("Validation loss ({title})"), "step", "val loss (nats)", curves(|p| p.step as f64)),
             panel("Validation loss vs wall clock", "seconds", "val loss (nats)", curves(|p| p.seconds)),
             panel("Learning-rate sweeps", "log10 peak lr", "final val loss (nats)", sweeps),
         ],
-    )
+    )?)
 }

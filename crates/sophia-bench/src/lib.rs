@@ -19,42 +19,83 @@ pub mod report;
 pub mod step;
 pub mod throughput;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use burn::optim::GradientsParams;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::Device;
 use serde::Serialize;
-use sophia_gpt2::Gpt2;
-use sophia_gpt2::hessian::SampledLabelHessian;
-use sophia_gpt2::train::RunOptimizer;
-use sophia_optim::{GlobalNormClip, HessianEstimator, Hutchinson};
+use sophia_gpt2::{Gpt2, ModelError};
+use sophia_optim::{ConfigError, Refresh};
+use sophia_train::TrainError;
+use sophia_train::data::Batch;
+use sophia_train::plot::PlotError;
+use sophia_train::train::{RunEstimator, RunOptimizer, TrainingStep};
 
-/// Write `value` as pretty JSON (through a temporary file, so a crash leaves the old file).
-pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), String> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path)).map_err(|e| format!("{}: {e}", path.display()))
+/// Why a benchmark could not run or write its results.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// A benchmark setting is out of range.
+    #[error("invalid benchmark setting: {0}")]
+    Config(#[from] ConfigError),
+    /// Training (the measured step, a compared run).
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    /// The model.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// A figure.
+    #[error(transparent)]
+    Plot(#[from] PlotError),
+    /// Reading or writing a result file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A result file that is not a result of this version of the benches.
+    #[error("{path} is not a result of this version of the benches: {reason}")]
+    Result {
+        /// The file.
+        path: PathBuf,
+        /// What does not parse.
+        reason: String,
+    },
+    /// A measurement that this machine cannot make.
+    #[error("{0}")]
+    Unsupported(&'static str),
+}
+
+/// Write `value` as pretty JSON, crash-safe.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), BenchError> {
+    sophia_train::fs::write_json(path, value).map_err(|source| BenchError::Io { path: path.to_path_buf(), source })
+}
+
+/// Write `text` (a markdown table, a page), crash-safe.
+pub fn write_text(path: &Path, text: &str) -> Result<(), BenchError> {
+    sophia_train::fs::write_atomic(path, text.as_bytes()).map_err(|source| BenchError::Io { path: path.to_path_buf(), source })
 }
 
 /// Read a JSON result written by one of the benches.
-pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| format!("{} is not a result of this version of the benches: {e}", path.display()))
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, BenchError> {
+    let text = std::fs::read_to_string(path).map_err(|source| BenchError::Io { path: path.to_path_buf(), source })?;
+    serde_json::from_str(&text).map_err(|e| BenchError::Result { path: path.to_path_buf(), reason: e.to_string() })
 }
 
-/// A deterministic `[batch, block]` batch of token ids and its next-token targets; timings do
-/// not depend on the text.
-pub fn synthetic_batch(batch: usize, block: usize, device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>) {
-    let ids: Vec<i64> = (0..batch * block).map(|i| (i * 7919 % 50_000) as i64).collect();
-    let targets: Vec<i64> = ids.iter().map(|i| (i + 1) % 50_000).collect();
-    (Tensor::from_data(TensorData::new(ids, [batch, block]), device), Tensor::from_data(TensorData::new(targets, [batch, block]), device))
+/// A deterministic batch of `batch` sequences of `block` token ids and their next-token
+/// targets, ids below `vocab`; timings do not depend on the text.
+pub fn synthetic_batch(batch: usize, block: usize, vocab: usize) -> Batch {
+    let ids: Vec<i64> = (0..batch * block).map(|i| (i * 7919 % vocab.saturating_sub(1).max(1)) as i64).collect();
+    let targets: Vec<i64> = ids.iter().map(|i| (i + 1) % vocab as i64).collect();
+    Batch { batch_size: batch, block_size: block, inputs: ids, targets }
 }
 
 /// Gradients of the model's own loss on a fixed batch: realistic magnitudes, every parameter.
-pub fn gradients(model: &Gpt2, device: &Device) -> GradientsParams {
-    let (inputs, targets) = synthetic_batch(2, model.config().block_size.min(32), device);
-    let loss = model.loss(inputs, targets).expect("the batch fits the model");
-    GradientsParams::from_grads(loss.backward(), model)
+pub fn gradients(model: &Gpt2, device: &Device) -> Result<GradientsParams, BenchError> {
+    let config = model.config();
+    let (inputs, targets) = sophia_train::train::tensors(&synthetic_batch(2, config.block_size.min(32), config.vocab_size), device);
+    Ok(GradientsParams::from_grads(model.loss(inputs, targets)?.backward(), model))
 }
 
 /// Gradients are consumed by a step: give each step its own copy (cheap, reference-counted).
@@ -74,29 +115,29 @@ pub fn sync(model: &Gpt2) {
     let _ = model.ln_f.gamma.val().narrow(0, 0, 1).into_scalar::<f32>();
 }
 
-/// One training step as the training loop takes it: forward, backward, global-norm clipping to
-/// 1, the optimizer's update.
-pub fn training_step(model: Gpt2, optimizer: &mut RunOptimizer, inputs: Tensor<2, Int>, targets: Tensor<2, Int>, lr: f64) -> Result<Gpt2, String> {
-    let loss = model.loss(inputs, targets).map_err(|e| e.to_string())?;
-    let grads = GradientsParams::from_grads(loss.backward(), &model);
-    let (grads, _) = GlobalNormClip::new(1.0).map_err(|e| e.to_string())?.clip(&model, grads);
-    Ok(optimizer.step(lr, model, grads))
+/// One training step on `batch`, exactly as the training loop takes it ([`TrainingStep::run`]:
+/// forward, backward, clipping, the optimizer's step with its refresh when due).
+pub fn training_step(step: &TrainingStep, model: Gpt2, optimizer: &mut RunOptimizer, lr: f64, batch: Batch, estimator: Option<&mut RunEstimator<'_>>) -> Result<Gpt2, BenchError> {
+    Ok(step.run(model, optimizer, lr, std::iter::once(batch), estimator)?.model)
 }
 
-/// One Hessian refresh of a Sophia optimizer (none for the others): SophiaG's sampled-label
-/// gradient (clipped like the training gradient, as the official loop does) or SophiaH's
-/// Hutchinson estimate, on `inputs` (and `targets` for SophiaH's loss).
-pub fn hessian_refresh(model: Gpt2, optimizer: &mut RunOptimizer, inputs: Tensor<2, Int>, targets: Tensor<2, Int>, draw: u64) -> Result<Gpt2, String> {
-    let Some(sophia) = optimizer.sophia() else { return Ok(model) };
-    let estimate = match sophia.estimator() {
-        HessianEstimator::GaussNewtonBartlett { .. } => {
-            let sampled = SampledLabelHessian::new(0).gradients(&model, inputs, draw).map_err(|e| e.to_string())?;
-            GlobalNormClip::new(1.0).map_err(|e| e.to_string())?.clip(&model, sampled.grads).0
-        }
-        HessianEstimator::Hutchinson { .. } => Hutchinson::new(1e-3, 0).map_err(|e| e.to_string())?.estimate(&model, draw, |m| {
-            let loss = m.loss(inputs.clone(), targets.clone()).expect("the batch fits the model");
-            GradientsParams::from_grads(loss.backward(), m)
-        }),
-    };
-    Ok(sophia.refresh(model, estimate))
+/// One Hessian refresh of a Sophia optimizer (none for the others), the one the training
+/// loop's optimizer runs when a refresh is due ([`RunOptimizer::refresh`]).
+pub fn hessian_refresh(model: Gpt2, optimizer: &mut RunOptimizer, estimator: Option<&mut RunEstimator<'_>>) -> Result<Gpt2, BenchError> {
+    Ok(optimizer.refresh(model, estimator)?)
+}
+
+/// An estimator whose estimate is the model's own loss gradient on a small synthetic batch,
+/// for measurements where a refresh must be possible but its content does not matter.
+pub fn loss_gradient_estimator(device: &Device) -> RunEstimator<'_> {
+    Box::new(sophia_optim::EstimateFn(move |model: &Gpt2, _: Refresh| {
+        let config = model.config();
+        let (inputs, targets) = sophia_train::train::tensors(&synthetic_batch(2, config.block_size.min(32), config.vocab_size), device);
+        Ok::<_, TrainError>(GradientsParams::from_grads(model.loss(inputs, targets)?.backward(), model))
+    }))
+}
+
+/// A refresh-batch function that always gives `batch` (benchmarks measure one batch shape).
+pub fn fixed_refresh_batch(batch: Batch) -> impl Fn(Refresh) -> Batch {
+    move |_| batch.clone()
 }

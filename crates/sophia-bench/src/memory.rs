@@ -11,28 +11,34 @@ use std::path::Path;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 use sophia_gpt2::Gpt2;
-use sophia_gpt2::plot::{Panel, Series};
-use sophia_gpt2::train::{OptimizerKind, RunOptimizer, TrainConfig};
+use sophia_train::plot::{Panel, Series};
+use sophia_train::train::{OptimizerKind, RunOptimizer, TrainConfig, TrainingStep};
 
+use crate::BenchError;
 use crate::machine::Machine;
 
-/// The state of `config`'s optimizer for `model`, in bytes, after one update (and one refresh).
-pub fn state_bytes(config: &TrainConfig, model: &Gpt2, device: &Device) -> Result<u64, String> {
+/// The state of `config`'s optimizer for `model`, in bytes, after one training step and one
+/// refresh (Sophia).
+pub fn state_bytes(config: &TrainConfig, model: &Gpt2, device: &Device) -> Result<u64, BenchError> {
     let mut optimizer = RunOptimizer::new(config, model, config.tokens_per_step(model.config().block_size))?;
-    let model = optimizer.step(1e-4, model.clone(), crate::gradients(model, device));
-    let (inputs, targets) = crate::synthetic_batch(1, model.config().block_size.min(8), device);
-    crate::hessian_refresh(model, &mut optimizer, inputs, targets, 0)?;
+    let step = TrainingStep::new(config, device)?;
+    let batch = crate::synthetic_batch(1, model.config().block_size.min(8), model.config().vocab_size);
+    let refresh_batch = crate::fixed_refresh_batch(batch.clone());
+    let mut estimator = step.estimator(&refresh_batch)?;
+    let model = crate::training_step(&step, model.clone(), &mut optimizer, 1e-4, batch, estimator.as_mut())?;
+    crate::hessian_refresh(model, &mut optimizer, estimator.as_mut())?;
     record_bytes(&optimizer)
 }
 
 /// Bytes of the state tensors in `optimizer`'s serialized record.
-fn record_bytes(optimizer: &RunOptimizer) -> Result<u64, String> {
-    let bytes = optimizer.to_record().into_bytes().map_err(|e| format!("the optimizer record does not serialize: {e:?}"))?;
-    let reader = burn_pack::Reader::from_bytes(bytes).map_err(|e| format!("the optimizer record does not read back: {e:?}"))?;
+fn record_bytes(optimizer: &RunOptimizer) -> Result<u64, BenchError> {
+    let unreadable = |e: String| BenchError::Result { path: "optimizer record".into(), reason: e };
+    let bytes = optimizer.to_record().into_bytes().map_err(|e| unreadable(format!("{e:?}")))?;
+    let reader = burn_pack::Reader::from_bytes(bytes).map_err(|e| unreadable(format!("{e:?}")))?;
     reader
         .tensor_names()
         .into_iter()
-        .map(|name| reader.tensor_data(name).map(|d| d.len() as u64).map_err(|e| format!("state tensor {name}: {e:?}")))
+        .map(|name| reader.tensor_data(name).map(|d| d.len() as u64).map_err(|e| unreadable(format!("state tensor {name}: {e:?}"))))
         .sum()
 }
 
@@ -82,26 +88,29 @@ fn rss() -> (u64, u64) {
 /// Measure one optimizer on one preset in this process: the peak resident memory of two
 /// training steps (each followed by a refresh for Sophia) of `batch × block` tokens, then the
 /// bytes of the optimizer state they built. Run it in a fresh process per pair for a meaningful peak.
-pub fn measure(preset: &str, optimizer: OptimizerKind, batch: usize, block: usize, device: &Device) -> Result<MemoryEntry, String> {
-    let config = TrainConfig { optimizer, preset: preset.into(), block_size: Some(block), batch_size: batch, ..TrainConfig::default() };
-    let model_config = config.model_config().map_err(|e| e.to_string())?;
-    let mut model = Gpt2::new(&model_config, device, 0).map_err(|e| e.to_string())?;
+pub fn measure(preset: &str, optimizer: OptimizerKind, batch: usize, block: usize, device: &Device) -> Result<MemoryEntry, BenchError> {
+    let config = TrainConfig { optimizer: optimizer.default_config(), preset: preset.into(), block_size: Some(block), batch_size: batch, ..TrainConfig::default() };
+    let model_config = config.model_config()?;
+    let mut model = Gpt2::new(&model_config, device, 0)?;
     let parameters = model.num_params();
     let mut stepper = RunOptimizer::new(&config, &model, batch * block)?;
-    let (inputs, targets) = crate::synthetic_batch(batch, block, device);
+    let step = TrainingStep::new(&config, device)?;
+    let synthetic = crate::synthetic_batch(batch, block, model_config.vocab_size);
+    let refresh_batch = crate::fixed_refresh_batch(synthetic.clone());
+    let mut estimator = step.estimator(&refresh_batch)?;
     crate::sync(&model);
     // Writing 5 resets the peak (VmHWM) to the current resident size.
     let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
     let (baseline, _) = rss();
-    for draw in 0..2 {
-        model = crate::training_step(model, &mut stepper, inputs.clone(), targets.clone(), 1e-4)?;
-        model = crate::hessian_refresh(model, &mut stepper, inputs.clone(), targets.clone(), draw)?;
+    for _ in 0..2 {
+        model = crate::training_step(&step, model, &mut stepper, 1e-4, synthetic.clone(), estimator.as_mut())?;
+        model = crate::hessian_refresh(model, &mut stepper, estimator.as_mut())?;
         crate::sync(&model);
     }
     let (_, peak) = rss();
     let state = record_bytes(&stepper)?;
     if !reset {
-        return Err("cannot reset the peak-memory counter (/proc/self/clear_refs): peak memory is measured on Linux only".into());
+        return Err(BenchError::Unsupported("cannot reset the peak-memory counter (/proc/self/clear_refs): peak memory is measured on Linux only"));
     }
     Ok(MemoryEntry {
         optimizer: optimizer.to_string(),
@@ -116,13 +125,13 @@ pub fn measure(preset: &str, optimizer: OptimizerKind, batch: usize, block: usiz
 }
 
 /// Write the report as JSON and plot it.
-pub fn write(report: &MemoryReport, json: &Path) -> Result<(), String> {
+pub fn write(report: &MemoryReport, json: &Path) -> Result<(), BenchError> {
     crate::write_json(json, report)?;
     plot(report, &json.with_extension(""))
 }
 
 /// State bytes per parameter and peak step memory against model size, one line per optimizer.
-pub fn plot(report: &MemoryReport, stem: &Path) -> Result<(), String> {
+pub fn plot(report: &MemoryReport, stem: &Path) -> Result<(), BenchError> {
     let mut names: Vec<&str> = report.entries.iter().map(|e| e.optimizer.as_str()).collect();
     names.dedup();
     let series = |value: fn(&MemoryEntry) -> f64| -> Vec<Series> {
@@ -150,5 +159,5 @@ pub fn plot(report: &MemoryReport, stem: &Path) -> Result<(), String> {
             series: series(|e| e.peak_rss_bytes as f64 / (1024.0 * 1024.0)),
         },
     ];
-    sophia_gpt2::plot::draw(stem, &panels)
+    Ok(sophia_train::plot::draw(stem, &panels)?)
 }

@@ -11,10 +11,11 @@ use std::time::Instant;
 
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
-use sophia_gpt2::plot::{Panel, Series};
-use sophia_gpt2::train::{OptimizerKind, RunOptimizer, TrainConfig};
 use sophia_gpt2::{Gpt2, Gpt2Config};
+use sophia_train::plot::{Panel, Series};
+use sophia_train::train::{OptimizerConfig, OptimizerKind, RunOptimizer, TrainConfig};
 
+use crate::BenchError;
 use crate::machine::Machine;
 
 /// Timings of one optimizer on one preset.
@@ -63,25 +64,35 @@ const OPTIMIZERS: [OptimizerKind; 6] = [
 ];
 
 /// Time every optimizer's step on the parameters of each preset.
-pub fn run(presets: &[&str], repetitions: usize, device: &Device, backend: &str, progress: &mut dyn FnMut(&str)) -> Result<StepReport, String> {
+pub fn run(presets: &[&str], repetitions: usize, device: &Device, backend: &str, progress: &mut dyn FnMut(&str)) -> Result<StepReport, BenchError> {
     let mut timings = Vec::new();
     for &preset in presets {
-        let config = Gpt2Config::preset(preset).map_err(|e| e.to_string())?;
-        let model = Gpt2::new(&config, device, 0).map_err(|e| e.to_string())?;
+        let config = Gpt2Config::preset(preset)?;
+        let model = Gpt2::new(&config, device, 0)?;
         let parameters = model.num_params();
-        let grads = crate::gradients(&model, device);
+        let grads = crate::gradients(&model, device)?;
         let tokens_per_step = 480 * config.block_size;
         let mut runs = Vec::new();
         for kind in OPTIMIZERS {
-            let settings = TrainConfig { optimizer: kind, ..TrainConfig::default() };
+            // The update alone: no refresh comes due during the measurement.
+            let mut optimizer = kind.default_config();
+            if let OptimizerConfig::SophiaG(s) = &mut optimizer {
+                s.hessian_interval = usize::MAX;
+            }
+            if let OptimizerConfig::SophiaH(s) = &mut optimizer {
+                s.hessian_interval = usize::MAX;
+            }
+            let settings = TrainConfig { optimizer, ..TrainConfig::default() };
             let optimizer = RunOptimizer::new(&settings, &model, tokens_per_step)?;
             runs.push((kind.to_string(), optimizer, model.clone(), Vec::new()));
         }
+        // A SophiaH schedule refreshes before its first update (a warm-up round, not timed).
+        let mut estimator = crate::loss_gradient_estimator(device);
         for round in 0..repetitions + 2 {
             for (name, stepper, model, times) in runs.iter_mut() {
                 let grads = crate::grads_clone(&grads, model);
                 let started = Instant::now();
-                *model = stepper.step(1e-4, model.clone(), grads);
+                *model = stepper.step(1e-4, model.clone(), grads, Some(&mut estimator))?;
                 crate::sync(model);
                 if round >= 2 {
                     times.push(started.elapsed().as_secs_f64());
@@ -113,14 +124,14 @@ pub fn run(presets: &[&str], repetitions: usize, device: &Device, backend: &str,
 }
 
 /// Write `report` as JSON and draw `stem.png` / `stem.svg` from it.
-pub fn write(report: &StepReport, json: &Path) -> Result<(), String> {
+pub fn write(report: &StepReport, json: &Path) -> Result<(), BenchError> {
     crate::write_json(json, report)?;
     plot(report, &json.with_extension(""))
 }
 
 /// Plot a step report (also usable on JSON measured elsewhere): nanoseconds per parameter and
 /// the ratio to AdamW against model size, one line per optimizer.
-pub fn plot(report: &StepReport, stem: &Path) -> Result<(), String> {
+pub fn plot(report: &StepReport, stem: &Path) -> Result<(), BenchError> {
     let mut names: Vec<&str> = report.timings.iter().map(|t| t.optimizer.as_str()).collect();
     names.sort();
     names.dedup();
@@ -154,5 +165,5 @@ pub fn plot(report: &StepReport, stem: &Path) -> Result<(), String> {
             series: series(|t| t.ratio_to_adamw),
         },
     ];
-    sophia_gpt2::plot::draw(stem, &panels)
+    Ok(sophia_train::plot::draw(stem, &panels)?)
 }

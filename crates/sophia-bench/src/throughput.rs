@@ -13,10 +13,11 @@ use std::time::Instant;
 
 use burn::tensor::{Device, Distribution, Tensor};
 use serde::{Deserialize, Serialize};
-use sophia_gpt2::plot::{Panel, Series};
-use sophia_gpt2::train::{OptimizerKind, RunOptimizer, TrainConfig};
 use sophia_gpt2::{Gpt2, SampledLabelHessian};
+use sophia_train::plot::{Panel, Series};
+use sophia_train::train::{OptimizerKind, RunOptimizer, TrainConfig, TrainingStep, tensors};
 
+use crate::BenchError;
 use crate::machine::Machine;
 
 /// One preset's figures.
@@ -98,37 +99,42 @@ pub fn peak_matmul_gflops(device: &Device, n: usize, repetitions: usize) -> f64 
 }
 
 /// Measure `presets` at `batch × block` tokens per step.
-pub fn run(presets: &[&str], batch: usize, block: usize, repetitions: usize, device: &Device, backend: &str, progress: &mut dyn FnMut(&str)) -> Result<ThroughputReport, String> {
-    if repetitions == 0 || batch == 0 || block == 0 {
-        return Err("repetitions, batch and block must be at least 1".into());
-    }
+pub fn run(presets: &[&str], batch: usize, block: usize, repetitions: usize, device: &Device, backend: &str, progress: &mut dyn FnMut(&str)) -> Result<ThroughputReport, BenchError> {
+    let v = sophia_optim::Validator::new("bench throughput");
+    v.at_least_one("repetitions", repetitions)?;
+    v.at_least_one("batch", batch)?;
+    v.at_least_one("block", block)?;
     let peak_size = 1024;
     let peak = peak_matmul_gflops(device, peak_size, repetitions);
     progress(&format!("peak matmul ({peak_size}³, f32): {peak:.1} GFLOP/s"));
     let mut entries = Vec::new();
     for &preset in presets {
-        let config = |optimizer| TrainConfig { optimizer, preset: preset.into(), block_size: Some(block), batch_size: batch, ..TrainConfig::default() };
-        let model_config = config(OptimizerKind::AdamW).model_config().map_err(|e| e.to_string())?;
-        let mut model = Gpt2::new(&model_config, device, 0).map_err(|e| e.to_string())?;
-        let (inputs, targets) = crate::synthetic_batch(batch, block, device);
+        let config = |optimizer: OptimizerKind| TrainConfig { optimizer: optimizer.default_config(), preset: preset.into(), block_size: Some(block), batch_size: batch, ..TrainConfig::default() };
+        let model_config = config(OptimizerKind::AdamW).model_config()?;
+        let mut model = Gpt2::new(&model_config, device, 0)?;
+        let synthetic = crate::synthetic_batch(batch, block, model_config.vocab_size);
+        let (inputs, _) = tensors(&synthetic, device);
         let mut adamw = RunOptimizer::new(&config(OptimizerKind::AdamW), &model, batch * block)?;
         let mut sophia = RunOptimizer::new(&config(OptimizerKind::SophiaG), &model, batch * block)?;
+        let (adamw_step, sophia_step) = (TrainingStep::new(&config(OptimizerKind::AdamW), device)?, TrainingStep::new(&config(OptimizerKind::SophiaG), device)?);
+        let refresh_batch = crate::fixed_refresh_batch(synthetic.clone());
+        let mut estimator = sophia_step.estimator(&refresh_batch)?;
         let (mut steps, mut refreshes, mut forwards, mut samplings) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let sampler = SampledLabelHessian::new(0);
         for round in 0..=repetitions {
             let started = Instant::now();
-            let logits = model.forward(inputs.clone()).map_err(|e| e.to_string())?;
+            let logits = model.forward(inputs.clone())?;
             let _ = logits.clone().narrow(0, 0, 1).narrow(1, 0, 1).narrow(2, 0, 1).into_scalar::<f32>();
             let forward = started.elapsed().as_secs_f64();
             let started = Instant::now();
             let _ = sampler.sample_labels(logits, round as u64).narrow(0, 0, 1).narrow(1, 0, 1).into_scalar::<i64>();
             let sampling = started.elapsed().as_secs_f64();
             let started = Instant::now();
-            model = crate::training_step(model, &mut adamw, inputs.clone(), targets.clone(), 1e-4)?;
+            model = crate::training_step(&adamw_step, model, &mut adamw, 1e-4, synthetic.clone(), None)?;
             crate::sync(&model);
             let step = started.elapsed().as_secs_f64();
             let started = Instant::now();
-            model = crate::hessian_refresh(model, &mut sophia, inputs.clone(), targets.clone(), round as u64)?;
+            model = crate::hessian_refresh(model, &mut sophia, estimator.as_mut())?;
             crate::sync(&model);
             if round > 0 {
                 steps.push(step);
@@ -164,24 +170,24 @@ pub fn run(presets: &[&str], batch: usize, block: usize, repetitions: usize, dev
 }
 
 /// Write the report as JSON and plot it.
-pub fn write(report: &ThroughputReport, json: &Path) -> Result<(), String> {
+pub fn write(report: &ThroughputReport, json: &Path) -> Result<(), BenchError> {
     crate::write_json(json, report)?;
     plot(report, &json.with_extension(""))
 }
 
 /// Tokens/s and MFU against model size; refresh cost in training steps.
-pub fn plot(report: &ThroughputReport, stem: &Path) -> Result<(), String> {
+pub fn plot(report: &ThroughputReport, stem: &Path) -> Result<(), BenchError> {
     let line = |label: &str, value: fn(&ThroughputEntry) -> f64| Series {
         label: label.into(),
         points: report.entries.iter().map(|e| (e.parameters as f64 / 1e6, value(e))).collect(),
     };
     let panel = |title: String, y_label: &str, series| Panel { title, x_label: "parameters (millions)".into(), y_label: y_label.into(), log_y: false, series };
-    sophia_gpt2::plot::draw(
+    Ok(sophia_train::plot::draw(
         stem,
         &[
             panel(format!("Training throughput ({})", report.machine.backend), "tokens/s", vec![line("tokens/s", |e| e.tokens_per_sec)]),
             panel(format!("MFU (peak {:.0} GFLOP/s)", report.peak_matmul_gflops), "% of peak matmul", vec![line("MFU", |e| 100.0 * e.mfu)]),
             panel("SophiaG refresh cost".into(), "training steps", vec![line("refresh / step", |e| e.refresh_to_step)]),
         ],
-    )
+    )?)
 }

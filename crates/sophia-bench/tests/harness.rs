@@ -7,7 +7,7 @@ use sophia_bench::compare::{CompareReport, CurvePoint, OptimizerResult, first_cr
 use sophia_bench::machine::Machine;
 use sophia_bench::memory::{MemoryEntry, MemoryReport, state_bytes};
 use sophia_bench::{compare, memory, report, throughput};
-use sophia_gpt2::train::{OptimizerKind, TrainConfig};
+use sophia_train::train::{OptimizerConfig, OptimizerKind, SophiaGSettings, TrainConfig};
 use sophia_gpt2::{Gpt2, Gpt2Config};
 
 fn scratch(name: &str) -> std::path::PathBuf {
@@ -106,7 +106,7 @@ fn optimizer_state_sizes_are_exact() {
     let config = Gpt2Config::new(1, 2, 16, 16, 50_257);
     let model = Gpt2::new(&config, &device, 0).unwrap();
     let params = model.num_params() as u64;
-    let bytes = |optimizer| state_bytes(&TrainConfig { optimizer, model: Some(config.clone()), ..TrainConfig::default() }, &model, &device).unwrap();
+    let bytes = |optimizer: OptimizerKind| state_bytes(&TrainConfig { optimizer: optimizer.default_config(), model: Some(config.clone()), ..TrainConfig::default() }, &model, &device).unwrap();
     for (optimizer, per_param) in [(OptimizerKind::AdamW, 8), (OptimizerKind::SophiaG, 8), (OptimizerKind::SophiaH, 8), (OptimizerKind::Lion, 4), (OptimizerKind::Tiger, 4)] {
         assert_eq!(bytes(optimizer), per_param * params, "{optimizer}");
     }
@@ -164,7 +164,7 @@ fn compare_trains_every_optimizer_at_its_best_learning_rate() {
         block_size: None,
         max_steps: 4,
         warmup_steps: 1,
-        hessian_interval: 2,
+        optimizer: OptimizerConfig::SophiaG(SophiaGSettings { hessian_interval: 2, ..SophiaGSettings::default() }),
         batch_size: 2,
         eval_interval: 2,
         eval_batches: 1,

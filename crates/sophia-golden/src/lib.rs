@@ -1,39 +1,23 @@
 //! Test support for the golden reference vectors produced by an independent NumPy/JAX
-//! reference (format: `shared/golden/README.md`).
+//! reference (format: `data/README.md`).
 //!
-//! Golden tests read `../shared/golden` relative to the workspace root, or the directory in
-//! `SOPHIA_GOLDEN_DIR` when it is set. A missing directory fails the test with a message that
-//! says where it looked: golden tests never skip.
+//! The vectors ship with the repository in this crate's `data/`, so a bare clone passes its
+//! tests; the directory in `SOPHIA_GOLDEN_DIR` replaces them when it is set (another golden set
+//! in the same format). A missing directory or file fails the test with a message that says
+//! where it looked: golden tests never skip.
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-/// The environment variable that picks the backend of the device-generic tests.
-pub const TEST_BACKEND_ENV: &str = "SOPHIA_TEST_BACKEND";
-
-/// The backend the device-generic tests run on: `$SOPHIA_TEST_BACKEND`, else `flex`.
-/// `cargo xtask test --backend wgpu` sets it.
-pub fn test_backend() -> String {
-    std::env::var(TEST_BACKEND_ENV).unwrap_or_else(|_| "flex".into())
-}
+pub use sophia_backend::{TEST_BACKEND_ENV, test_backend};
 
 /// The device (without autodiff) of [`test_backend`].
 ///
 /// # Panics
 /// When the backend is not compiled into this build (the message names the feature).
 pub fn test_device() -> burn::tensor::Device {
-    match test_backend().as_str() {
-        "flex" => burn::tensor::Device::flex(),
-        #[cfg(feature = "wgpu")]
-        "wgpu" => burn::tensor::Device::wgpu(Default::default()),
-        #[cfg(feature = "cubecl-cpu")]
-        "cubecl-cpu" => burn::tensor::Device::cpu(),
-        other => panic!(
-            "{TEST_BACKEND_ENV}={other} is not available in this build: use flex, or wgpu / cubecl-cpu \
-             with the feature of that name (`cargo xtask test --backend wgpu|cubecl-cpu`)"
-        ),
-    }
+    test_backend().device().expect("test_backend checks the device")
 }
 
 /// How much looser than on the CPU reference path the golden tolerances are on
@@ -41,25 +25,24 @@ pub fn test_device() -> burn::tensor::Device {
 /// float results differ in the last bits and those differences grow through a few optimizer
 /// steps. Exact quantities (step counts, win counts) stay exact.
 pub fn backend_tolerance_factor() -> f64 {
-    if test_backend() == "flex" { 1.0 } else { 10.0 }
+    if test_backend() == sophia_backend::Backend::Flex { 1.0 } else { 10.0 }
 }
 
 /// The environment variable that points the golden tests at another directory.
 pub const GOLDEN_DIR_ENV: &str = "SOPHIA_GOLDEN_DIR";
 
-/// The golden directory: `$SOPHIA_GOLDEN_DIR`, else `<workspace>/../shared/golden`.
+/// The golden directory: `$SOPHIA_GOLDEN_DIR`, else this crate's `data/`.
 ///
 /// # Panics
 /// When the directory does not exist (a golden test must fail, not skip).
 pub fn golden_dir() -> PathBuf {
     let dir = match std::env::var_os(GOLDEN_DIR_ENV) {
         Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden"),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("data"),
     };
     assert!(
         dir.is_dir(),
-        "golden directory {} not found: put the reference vectors at ../shared/golden beside the \
-         workspace or set {GOLDEN_DIR_ENV}",
+        "golden directory {} not found: restore crates/sophia-golden/data from the repository, or point {GOLDEN_DIR_ENV} at a golden set",
         dir.display()
     );
     dir

@@ -158,9 +158,9 @@ impl Gpt2Config {
         fn gelu_new() -> String {
             "gelu_new".into()
         }
-        let hf: Hf = serde_json::from_str(text).map_err(|e| ModelError::Config(format!("not a GPT-2 config.json: {e}")))?;
+        let hf: Hf = serde_json::from_str(text).map_err(|e| ModelError::NotGpt2Config(e.to_string()))?;
         if hf.activation_function != "gelu_new" {
-            return Err(ModelError::Config(format!(
+            return Err(ModelError::NotGpt2Config(format!(
                 "activation_function `{}` is not supported (GPT-2 uses `gelu_new`)",
                 hf.activation_function
             )));
@@ -187,7 +187,6 @@ impl Gpt2Config {
 
     /// Check that the shape is consistent; the error says what to change.
     pub fn validate(&self) -> Result<(), ModelError> {
-        let fail = |msg: String| Err(ModelError::Config(msg));
         for (name, value) in [
             ("n_layer", self.n_layer),
             ("n_head", self.n_head),
@@ -196,38 +195,32 @@ impl Gpt2Config {
             ("vocab_size", self.vocab_size),
         ] {
             if value == 0 {
-                return fail(format!("`{name}` must be at least 1"));
+                return Err(ModelError::invalid(name, value, "must be at least 1"));
             }
         }
         if self.n_embd % self.n_head != 0 {
-            return fail(format!(
-                "n_embd ({}) must be divisible by n_head ({}); pick n_head among the divisors of n_embd",
-                self.n_embd, self.n_head
-            ));
+            return Err(ModelError::invalid("n_embd", self.n_embd, format!("must be divisible by n_head ({}); pick n_head among the divisors of n_embd", self.n_head)));
         }
         let kv = self.kv_heads();
         if kv == 0 || self.n_head % kv != 0 {
-            return fail(format!(
-                "n_head ({}) must be divisible by n_kv_head ({kv}): each key/value head serves a whole group of query heads",
-                self.n_head
-            ));
+            return Err(ModelError::invalid("n_kv_head", kv, format!("must divide n_head ({}): each key/value head serves a whole group of query heads", self.n_head)));
         }
         if self.rope && self.head_dim() % 2 != 0 {
-            return fail(format!("rotary embeddings need an even head size, got {}", self.head_dim()));
+            return Err(ModelError::invalid("n_embd", self.n_embd, format!("rotary embeddings need an even head size (n_embd / n_head), got {}", self.head_dim())));
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return fail(format!("dropout ({}) must be in [0, 1)", self.dropout));
+            return Err(ModelError::invalid("dropout", self.dropout, "must be in [0, 1)"));
         }
-        if !(self.layer_norm_epsilon > 0.0) {
-            return fail(format!("layer_norm_epsilon ({}) must be > 0", self.layer_norm_epsilon));
+        if !(self.layer_norm_epsilon > 0.0 && self.layer_norm_epsilon.is_finite()) {
+            return Err(ModelError::invalid("layer_norm_epsilon", self.layer_norm_epsilon, "must be a finite number > 0"));
         }
-        if !(self.rope_theta > 0.0) {
-            return fail(format!("rope_theta ({}) must be > 0", self.rope_theta));
+        if !(self.rope_theta > 0.0 && self.rope_theta.is_finite()) {
+            return Err(ModelError::invalid("rope_theta", self.rope_theta, "must be a finite number > 0"));
         }
         if let Some(cap) = self.logit_softcap
             && !(cap > 0.0 && cap.is_finite())
         {
-            return fail(format!("logit_softcap ({cap}) must be a finite number > 0"));
+            return Err(ModelError::invalid("logit_softcap", cap, "must be a finite number > 0"));
         }
         Ok(())
     }

@@ -3,9 +3,27 @@
 /// Something about a model, its weights or its input is wrong; the message says what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    /// The model configuration is inconsistent.
-    #[error("invalid model config: {0}")]
-    Config(String),
+    /// A setting of the model or of generation is out of its range.
+    #[error("invalid setting: `{field}` = {value}: {requirement}")]
+    Invalid {
+        /// The setting.
+        field: &'static str,
+        /// Its value.
+        value: String,
+        /// What it must satisfy, and how to fix it.
+        requirement: String,
+    },
+    /// A Hugging Face `config.json` that does not describe a supported GPT-2.
+    #[error("not a supported GPT-2 config.json: {0}")]
+    NotGpt2Config(String),
+    /// A precision name that is unknown or not supported.
+    #[error("precision `{name}`: {reason}")]
+    Precision {
+        /// The name asked for.
+        name: String,
+        /// Why it cannot be used, and what to use instead.
+        reason: String,
+    },
     /// A preset name that does not exist.
     #[error("unknown model preset `{name}`; known presets: {known}")]
     UnknownPreset {
@@ -30,8 +48,8 @@ pub enum ModelError {
         /// Vocabulary size.
         vocab_size: usize,
     },
-    /// A weight file could not be read.
-    #[error("cannot read weights from {path}: {reason}")]
+    /// A weight file could not be read or written.
+    #[error("weight file {path}: {reason}")]
     WeightFile {
         /// File path.
         path: String,
@@ -62,4 +80,11 @@ pub enum ModelError {
         /// The dtype in the file.
         dtype: String,
     },
+}
+
+impl ModelError {
+    /// `field` = `value` does not satisfy `requirement`.
+    pub(crate) fn invalid(field: &'static str, value: impl std::fmt::Display, requirement: impl Into<String>) -> Self {
+        Self::Invalid { field, value: value.to_string(), requirement: requirement.into() }
+    }
 }

@@ -34,10 +34,10 @@ impl Gpt2 {
     pub fn generate(&self, prompt: &[u32], options: &GenerateOptions) -> Result<Vec<u32>, ModelError> {
         let config = self.config();
         if prompt.is_empty() {
-            return Err(ModelError::Config("generation needs a prompt of at least one token".into()));
+            return Err(ModelError::invalid("prompt", "[]", "generation needs a prompt of at least one token"));
         }
         if !(options.temperature > 0.0 && options.temperature.is_finite()) {
-            return Err(ModelError::Config(format!("temperature ({}) must be a finite number > 0", options.temperature)));
+            return Err(ModelError::invalid("temperature", options.temperature, "must be a finite number > 0"));
         }
         if let Some(&id) = prompt.iter().find(|&&id| id as usize >= config.vocab_size) {
             return Err(ModelError::TokenOutOfRange { id: id as i64, vocab_size: config.vocab_size });

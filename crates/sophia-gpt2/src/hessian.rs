@@ -23,6 +23,7 @@ use std::sync::{Mutex, PoisonError};
 
 use burn::optim::GradientsParams;
 use burn::tensor::{Distribution, Int, Tensor};
+use sophia_optim::{HessianEstimator, Refresh, draw_seed};
 
 use crate::error::ModelError;
 use crate::model::{Gpt2, cross_entropy};
@@ -56,7 +57,7 @@ impl SampledLabelHessian {
         let logits = logits.detach();
         let uniform = {
             let _generator = GENERATOR.lock().unwrap_or_else(PoisonError::into_inner);
-            logits.device().seed(self.seed_of(draw));
+            logits.device().seed(draw_seed(self.seed, draw));
             logits.random_like(Distribution::Uniform(0.0, 1.0))
         };
         let gumbel = uniform.log().neg().log().neg();
@@ -66,18 +67,10 @@ impl SampledLabelHessian {
     /// `ĝ`: the gradient of the mean cross-entropy of `model` on `inputs` `[batch, seq]`
     /// against labels sampled from the model itself. The model's weights are not changed.
     pub fn gradients(&self, model: &Gpt2, inputs: Tensor<2, Int>, draw: u64) -> Result<SampledLabelGradients, ModelError> {
-        self.gradients_of_share(model, inputs, draw, 1)
-    }
-
-    /// `ĝ / shares`: [`gradients`](Self::gradients) for one of `shares` equal parts of a batch
-    /// split across devices, so that the sum of the parts' results is `ĝ` of the whole batch
-    /// (the mean cross-entropy of the whole batch is the mean of the parts' means). The
-    /// returned `loss` is the part's own mean cross-entropy, not divided.
-    pub fn gradients_of_share(&self, model: &Gpt2, inputs: Tensor<2, Int>, draw: u64, shares: usize) -> Result<SampledLabelGradients, ModelError> {
         let logits = model.forward(inputs)?;
         let labels = self.sample_labels(logits.clone(), draw);
         let loss = cross_entropy(logits, labels.clone());
-        let grads = GradientsParams::from_grads(share_of(loss.clone(), shares).backward(), model);
+        let grads = GradientsParams::from_grads(loss.clone().backward(), model);
         Ok(SampledLabelGradients { grads, labels, loss: loss.detach() })
     }
 
@@ -86,17 +79,37 @@ impl SampledLabelHessian {
         let loss = cross_entropy(model.forward(inputs)?, labels);
         Ok(GradientsParams::from_grads(loss.backward(), model))
     }
+}
 
-    fn seed_of(&self, draw: u64) -> u64 {
-        // SplitMix64 finaliser: neighbouring draws get unrelated seeds.
-        let mut z = self.seed ^ draw.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+/// SophiaG's Hessian estimator for a GPT-2: `ĝ` on the batch that `inputs` returns for the
+/// refresh, with the labels of draw number `refresh.update`, so a resumed run draws what the
+/// uninterrupted run drew.
+///
+/// `M` is the GPT-2 itself or any module that holds one ([`AsRef<Gpt2>`]), e.g. a wrapper
+/// trained by Burn's `Learner`; its parameter ids are the GPT-2's.
+pub struct SampledLabels<F> {
+    labels: SampledLabelHessian,
+    inputs: F,
+}
+
+impl<F> SampledLabels<F> {
+    /// Labels drawn from `seed`; `inputs(refresh)` gives the `[batch, seq]` token ids of a
+    /// refresh.
+    pub fn new(seed: u64, inputs: F) -> Self {
+        Self { labels: SampledLabelHessian::new(seed), inputs }
     }
 }
 
-/// `loss / shares`: the part of a batch-mean loss that one of `shares` equal parts contributes.
-pub fn share_of(loss: Tensor<1>, shares: usize) -> Tensor<1> {
-    if shares == 1 { loss } else { loss.div_scalar(shares as f64) }
+impl<M, E, F> HessianEstimator<M> for SampledLabels<F>
+where
+    M: AsRef<Gpt2>,
+    E: From<ModelError>,
+    F: FnMut(Refresh) -> Result<Tensor<2, Int>, E>,
+{
+    type Error = E;
+
+    fn estimate(&mut self, module: &M, refresh: Refresh) -> Result<GradientsParams, E> {
+        let inputs = (self.inputs)(refresh)?;
+        Ok(self.labels.gradients(module.as_ref(), inputs, refresh.update as u64)?.grads)
+    }
 }

@@ -1,18 +1,35 @@
 #![warn(missing_docs)]
 //! GPT-2 for [Burn](https://burn.dev) in the Hugging Face weight layout, with the sampled-label
-//! Hessian step that the Sophia optimizer (SophiaG) needs.
+//! Hessian estimator that the Sophia optimizer (SophiaG) refreshes from.
 //!
 //! - [`Gpt2`]: the model, device-generic (the backend is the device you build it on); presets
 //!   from GPT-2 small to XL and small CPU sizes ([`Gpt2Config::preset`]); modern options
 //!   (rotary embeddings, QK-norm, ReLU², untied head, zero-init projections, logit soft-cap,
 //!   grouped-query attention) off by default so plain GPT-2 stays exact.
 //! - [`weights`]: load and export Hugging Face `model.safetensors`.
-//! - [`SampledLabelHessian`]: labels drawn from the model's softmax, their cross-entropy
-//!   gradient `ĝ` for [`SophiaOptimizer::refresh`](sophia_optim::SophiaOptimizer::refresh).
-//! - [`LearnerRefresh`]: SophiaG's refresh inside Burn's `Learner`, also data-parallel over
-//!   several devices with Burn's multi-device strategy.
+//! - [`SampledLabels`]: SophiaG's [`HessianEstimator`](sophia_optim::HessianEstimator), `ĝ` on
+//!   labels drawn from the model's softmax ([`SampledLabelHessian`] draws them).
 //! - [`Precision`]: bfloat16 matrix products with f32 weights, gradients and optimizer state.
 //! - [`GenerateOptions`] / [`Gpt2::generate`]: temperature and top-k sampling.
+//!
+//! ```no_run
+//! use burn::optim::GradientsParams;
+//! use burn::tensor::{Device, Int, Tensor};
+//! use sophia_gpt2::{Gpt2, Gpt2Config, ModelError, SampledLabels};
+//! use sophia_optim::SophiaGConfig;
+//! # fn demo(batches: impl Fn(usize) -> (Tensor<2, Int>, Tensor<2, Int>)) -> Result<(), Box<dyn std::error::Error>> {
+//! let device = Device::flex().autodiff();
+//! let mut model = Gpt2::new(&Gpt2Config::preset("cpu-1m")?, &device, 0)?;
+//! let mut sophia = SophiaGConfig::new(8 * 128).try_init()?;
+//! // ĝ on a fresh batch for each refresh, from labels drawn with seed 0.
+//! let mut estimator = SampledLabels::new(0, |refresh: sophia_optim::Refresh| Ok::<_, ModelError>(batches(1000 + refresh.update).0));
+//! for step in 0..100 {
+//!     let (inputs, targets) = batches(step);
+//!     let grads = GradientsParams::from_grads(model.loss(inputs, targets)?.backward(), &model);
+//!     model = sophia.step(6e-4, model, grads, &mut estimator)?;
+//! }
+//! # Ok(()) }
+//! ```
 
 pub mod attention;
 pub mod config;
@@ -20,21 +37,16 @@ mod error;
 pub mod generate;
 pub mod hessian;
 mod init;
-pub mod learner;
 pub mod mlp;
 pub mod model;
-pub mod data;
-pub mod plot;
 pub mod precision;
-pub mod train;
 pub mod weights;
 
 pub use attention::CausalSelfAttention;
 pub use config::{Activation, GPT2_VOCAB_SIZE, Gpt2Config, PRESETS};
 pub use error::ModelError;
 pub use generate::{GenerateOptions, sample};
-pub use hessian::{SampledLabelGradients, SampledLabelHessian};
-pub use learner::LearnerRefresh;
+pub use hessian::{SampledLabelGradients, SampledLabelHessian, SampledLabels};
 pub use mlp::Mlp;
 pub use model::{Block, Gpt2, LmHead, cross_entropy};
 pub use precision::Precision;

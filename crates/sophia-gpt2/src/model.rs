@@ -149,6 +149,12 @@ impl Gpt2 {
     }
 }
 
+impl AsRef<Gpt2> for Gpt2 {
+    fn as_ref(&self) -> &Gpt2 {
+        self
+    }
+}
+
 /// Mean cross-entropy of `logits` `[batch, seq, vocab]` against integer `targets` `[batch, seq]`,
 /// by gathering the log-probabilities of the targets (no one-hot is built).
 pub fn cross_entropy(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<1> {

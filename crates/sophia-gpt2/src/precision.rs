@@ -15,6 +15,8 @@ use burn::tensor::module::linear;
 use burn::tensor::{DType, Device, FloatDType, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::error::ModelError;
+
 /// The floating-point format of the model's matrix products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -26,30 +28,38 @@ pub enum Precision {
     Bf16,
 }
 
-/// The names `--precision` accepts.
-pub const PRECISIONS: &str = "f32, bf16";
+impl Precision {
+    /// Every precision, in the order the command line lists them.
+    pub const ALL: &[Self] = &[Self::F32, Self::Bf16];
+
+    /// The name of the precision (`--precision NAME`, config files).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        }
+    }
+}
 
 impl std::str::FromStr for Precision {
-    type Err = String;
+    type Err = ModelError;
 
     fn from_str(name: &str) -> Result<Self, Self::Err> {
-        match name.to_ascii_lowercase().as_str() {
-            "f32" | "fp32" | "float32" => Ok(Self::F32),
-            "bf16" | "bfloat16" => Ok(Self::Bf16),
-            "f16" | "fp16" | "float16" => Err(format!(
-                "precision `{name}` is not supported: float16 training needs dynamic loss scaling, which sophia-burn does not implement; use bf16 (the exponent range of f32, no scaling needed)"
-            )),
-            _ => Err(format!("unknown precision `{name}`; choose one of {PRECISIONS}")),
-        }
+        let reason = match name.to_ascii_lowercase().as_str() {
+            "f32" | "fp32" | "float32" => return Ok(Self::F32),
+            "bf16" | "bfloat16" => return Ok(Self::Bf16),
+            "f16" | "fp16" | "float16" => {
+                "float16 training needs dynamic loss scaling, which sophia-burn does not implement; use bf16 (the exponent range of f32, no scaling needed)".to_string()
+            }
+            _ => format!("unknown; choose one of {}", Self::ALL.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ")),
+        };
+        Err(ModelError::Precision { name: name.to_string(), reason })
     }
 }
 
 impl std::fmt::Display for Precision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::F32 => "f32",
-            Self::Bf16 => "bf16",
-        })
+        f.write_str(self.name())
     }
 }
 
@@ -63,11 +73,14 @@ impl Precision {
     }
 
     /// Check that `device` can compute in this precision; the error names the fix.
-    pub fn check_device(self, device: &Device) -> Result<(), String> {
+    pub fn check_device(self, device: &Device) -> Result<(), ModelError> {
         match self {
             Self::F32 => Ok(()),
             Self::Bf16 if device.supports_dtype(DType::BF16) => Ok(()),
-            Self::Bf16 => Err(format!("the device {device:?} has no bfloat16 arithmetic; use --precision f32 or another backend")),
+            Self::Bf16 => Err(ModelError::Precision {
+                name: self.to_string(),
+                reason: format!("the device {device:?} has no bfloat16 arithmetic; use --precision f32 or another backend"),
+            }),
         }
     }
 

@@ -41,10 +41,21 @@ impl Gpt2 {
         })
     }
 
-    /// [`load_safetensors`](Self::load_safetensors) from bytes in memory.
+    /// [`load_safetensors`](Self::load_safetensors) from bytes in memory. A file written by
+    /// [`to_safetensors`](Self::to_safetensors) carries a checksum of its tensor data, which is
+    /// verified; files from elsewhere load unverified.
     pub fn load_safetensors_bytes(self, bytes: &[u8]) -> Result<Self, ModelError> {
-        let file = SafeTensors::deserialize(bytes)
-            .map_err(|e| ModelError::WeightFile { path: "<bytes>".into(), reason: format!("not a safetensors file: {e}") })?;
+        let corrupt = |reason: String| ModelError::WeightFile { path: "<bytes>".into(), reason };
+        let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| corrupt(format!("not a safetensors file: {e}")))?;
+        let file = SafeTensors::deserialize(bytes).map_err(|e| corrupt(format!("not a safetensors file: {e}")))?;
+        if let Some(written) = metadata.metadata().as_ref().and_then(|m| m.get(CHECKSUM_KEY)) {
+            let found = format!("{:08x}", tensor_checksum(file.tensors().iter().map(|(name, view)| (name.as_str(), view.data()))));
+            if *written != found {
+                return Err(corrupt(format!(
+                    "its tensor data does not match the checksum written with it ({written}, found {found}): the file was altered or damaged after it was saved"
+                )));
+            }
+        }
         let mut loader = Loader { file: &file, path: Vec::new(), error: None };
         let model = self.map(&mut loader);
         match loader.error {
@@ -78,11 +89,18 @@ impl Gpt2 {
         collector.params
     }
 
-    /// Write the model as a Hugging Face `model.safetensors` (no prefix, tied head omitted),
-    /// atomically: a temporary file beside `path` is renamed over it.
+    /// Write the model as a Hugging Face `model.safetensors` (see
+    /// [`to_safetensors`](Self::to_safetensors)).
     pub fn save_safetensors(&self, path: impl AsRef<Path>) -> Result<(), ModelError> {
         let path = path.as_ref();
-        let io = |e: std::io::Error| ModelError::WeightFile { path: path.display().to_string(), reason: e.to_string() };
+        let bytes = self.to_safetensors()?;
+        std::fs::write(path, bytes).map_err(|e| ModelError::WeightFile { path: path.display().to_string(), reason: e.to_string() })
+    }
+
+    /// The model as the bytes of a Hugging Face `model.safetensors` (no prefix, tied head
+    /// omitted). The metadata carries a CRC32C of the tensor data (`sophia.crc32c`, over the
+    /// tensors in name order), which [`load_safetensors`](Self::load_safetensors) verifies.
+    pub fn to_safetensors(&self) -> Result<Vec<u8>, ModelError> {
         let tensors = self.named_tensors();
         let views: BTreeMap<String, safetensors::tensor::TensorView<'_>> = tensors
             .iter()
@@ -92,13 +110,38 @@ impl Gpt2 {
                 (name.clone(), view)
             })
             .collect();
-        let metadata = Some([("format".to_string(), "pt".to_string())].into());
-        let bytes = safetensors::serialize(views, metadata)
-            .map_err(|e| ModelError::WeightFile { path: path.display().to_string(), reason: e.to_string() })?;
-        let tmp = path.with_extension("safetensors.tmp");
-        std::fs::write(&tmp, bytes).map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
+        let checksum = format!("{:08x}", tensor_checksum(views.iter().map(|(name, view)| (name.as_str(), view.data().as_ref()))));
+        let metadata = Some([("format".to_string(), "pt".to_string()), (CHECKSUM_KEY.to_string(), checksum)].into());
+        let bytes = safetensors::serialize(views, metadata).map_err(|e| ModelError::WeightFile { path: "<bytes>".into(), reason: e.to_string() })?;
+        Ok(canonical_header(bytes))
     }
+}
+
+/// The same safetensors file with its JSON header's keys in sorted order (the metadata map is
+/// hashed, so its order differs between calls), padded to the same length: an export of the
+/// same weights is the same bytes.
+fn canonical_header(mut bytes: Vec<u8>) -> Vec<u8> {
+    let len = u64::from_le_bytes(bytes[..8].try_into().expect("8-byte length")) as usize;
+    let mut header: BTreeMap<String, serde_json::Value> = serde_json::from_slice(&bytes[8..8 + len]).expect("safetensors wrote JSON");
+    if let Some(metadata) = header.get_mut("__metadata__") {
+        let sorted: BTreeMap<String, String> = serde_json::from_value(metadata.take()).expect("string metadata");
+        *metadata = serde_json::to_value(sorted).expect("JSON serializes");
+    }
+    let sorted = serde_json::to_string(&header).expect("JSON serializes");
+    // Same keys and values, reordered: never longer than the original (which may carry padding).
+    bytes[8..8 + len].fill(b' ');
+    bytes[8..8 + sorted.len()].copy_from_slice(sorted.as_bytes());
+    bytes
+}
+
+/// The metadata key of the tensor-data checksum.
+const CHECKSUM_KEY: &str = "sophia.crc32c";
+
+/// CRC32C of the tensors' names and bytes, in name order.
+fn tensor_checksum<'a>(tensors: impl Iterator<Item = (&'a str, &'a [u8])>) -> u32 {
+    let mut sorted: Vec<(&str, &[u8])> = tensors.collect();
+    sorted.sort_by_key(|(name, _)| *name);
+    sorted.into_iter().fold(0, |crc, (name, data)| crc32c::crc32c_append(crc32c::crc32c_append(crc, name.as_bytes()), data))
 }
 
 fn read_f32(name: &str, view: &safetensors::tensor::TensorView<'_>) -> Result<Vec<f32>, ModelError> {

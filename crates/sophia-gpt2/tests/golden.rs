@@ -11,7 +11,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::Deserialize;
 use sophia_golden::{GoldenTensor, RecordedState, Tolerance, golden_dir, load};
 use sophia_gpt2::{Gpt2, Gpt2Config, SampledLabelHessian};
-use sophia_optim::SophiaGConfig;
+use sophia_optim::{EstimateFn, SophiaGConfig};
 
 #[derive(Deserialize)]
 struct Expected {
@@ -98,13 +98,15 @@ fn golden_gpt2_sampled_label_gradient_and_sophia_refresh() {
     let labels = ids(&sampled.labels, &device);
     let logits = model.forward(inputs.clone()).unwrap();
     LOSS.assert_scalar("sampled loss", sophia_gpt2::cross_entropy(logits, labels.clone()).into_scalar::<f64>(), sampled.loss);
-    let ghat = SampledLabelHessian::gradients_for_labels(&model, inputs, labels).unwrap();
+    let ghat = SampledLabelHessian::gradients_for_labels(&model, inputs.clone(), labels.clone()).unwrap();
     check_grads("sampled", &model, &ghat, &sampled.grads, &expected.param_order);
 
-    // One SophiaG refresh from zero: h = (1 − β₂)·ĝ², weights untouched.
-    let mut optim = SophiaGConfig::new(expected.batch * expected.seq_len).with_beta_2(sampled.beta2).try_init().unwrap();
+    // One SophiaG refresh from zero through the optimizer's own refresh, with the reference's
+    // labels as the estimate: h = (1 − β₂)·ĝ² (the reference does not clip ĝ), weights untouched.
+    let mut optim = SophiaGConfig::new(expected.batch * expected.seq_len).with_beta_2(sampled.beta2).with_refresh_grad_clip(None).try_init().unwrap();
     let before = model.named_tensors();
-    let model = optim.refresh(model, ghat);
+    let mut estimator = EstimateFn(|m: &Gpt2, _| SampledLabelHessian::gradients_for_labels(m, inputs.clone(), labels.clone()));
+    let model = optim.refresh_with(model, &mut estimator).unwrap();
     assert_eq!(model.named_tensors(), before, "a refresh changed weights");
     let state = RecordedState::read(optim.to_record());
     for (name, id, shape) in model.named_params() {

@@ -1,130 +1,409 @@
-//! The handle that tells a [`Sophia`](crate::Sophia) optimizer which of its two operations a
-//! module-level step performs, and that collects its statistics.
+//! The handle that drives a [`Sophia`](crate::Sophia) optimizer: its refresh schedule, the one
+//! side channel through Burn's module optimizer, and its statistics.
 //!
 //! Burn's [`ModuleOptimizer`] walks a module and calls the per-tensor
-//! [`Optimizer::step`](burn::optim::Optimizer::step) with one gradient per parameter. Sophia
-//! needs two different per-tensor operations that both read and write the same state:
+//! [`Optimizer::step`](burn::optim::Optimizer::step) with one gradient per parameter, and keeps
+//! the per-parameter state to itself. Sophia has two operations on that state:
 //!
-//! - an **update** (`theta`, `m` change; `h` is read), driven by the training gradient, and
+//! - an **update** (`θ`, `m` change; `h` is read), driven by the training gradient, and
 //! - a **Hessian refresh** (only `h` changes; every weight stays bit-identical), driven by a
-//!   diagonal Hessian estimate (the sampled-label gradient for SophiaG, `u ⊙ Hu` for SophiaH).
+//!   diagonal Hessian estimate (`ĝ` for SophiaG, `u ⊙ Hu` for SophiaH).
 //!
-//! The state lives inside the [`ModuleOptimizer`], so both must go through it. A
-//! [`SophiaControl`] is shared by the optimizer and its caller: [`SophiaControl::refresh`] runs
-//! one module-level step in refresh mode, every other step is an update. Because the switch is a
-//! handle rather than a different optimizer, it works anywhere a `ModuleOptimizer` is driven,
-//! including parameter groups and Burn's `Learner` (see `TrainStep::optimize`).
+//! Both must reach the state through `ModuleOptimizer::step`, so [`SophiaControl::step`] runs
+//! module-level passes and tells the per-tensor step which one it is in: this is the only
+//! side channel, and it is keyed by device, so data-parallel workers that share the handle (Burn
+//! clones the optimizer for each device) never see each other's passes. A per-tensor step that
+//! runs outside a pass (someone called `ModuleOptimizer::step` directly, which would never
+//! refresh `h`) panics with the fix; a refresh whose estimate does not match the parameters
+//! Sophia updates is an error, not a silent partial refresh.
+//!
+//! The schedule ([`Schedule`]) is counted in updates taken, read from the optimizer state
+//! itself, so it survives checkpoints and stays right whoever drives the optimizer.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use burn::module::Module;
+use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
 use burn::optim::{GradientsParams, ModuleOptimizer};
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Bool, Device, Int, Tensor};
 
-/// What one module-level step of a Sophia optimizer does.
+use crate::clip::GlobalNormClip;
+use crate::estimator::{HessianEstimator, Refresh};
+
+/// When Sophia refreshes: every `k` updates, before the update it belongs to (SophiaH, paper,
+/// Algorithm 3: the first refresh precedes the first update) or after it (SophiaG, official
+/// loop: the first refresh follows update `k`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SophiaPhase {
-    /// Update the weights from the training gradient.
-    Update,
-    /// Refresh the Hessian EMA `h` from a diagonal Hessian estimate; weights are untouched.
-    Refresh,
+pub struct Schedule {
+    interval: usize,
+    before_update: bool,
 }
 
-/// Lazily accumulated statistics; the tensors are only read when [`SophiaControl::stats`] asks.
-#[derive(Default)]
-struct Accumulator {
-    /// Per parameter: number of coordinates whose step was not clipped (`|m| / denom < 1`).
-    not_clipped: Vec<Tensor<1, Int>>,
-    /// Number of coordinates the `not_clipped` counts were taken over.
-    update_coordinates: u64,
-    /// Per parameter, from the latest refresh: sum of `h`.
-    hessian_sum: Vec<Tensor<1>>,
-    /// Per parameter, from the latest refresh: max of `h`.
-    hessian_max: Vec<Tensor<1>>,
-    /// Number of coordinates of the latest refresh.
-    hessian_coordinates: u64,
-}
+impl Schedule {
+    /// Every `interval` (≥ 1) updates, before or after the update.
+    pub fn new(interval: usize, before_update: bool) -> Self {
+        Self { interval: interval.max(1), before_update }
+    }
 
-impl Accumulator {
-    /// Drop the figures of the previous refresh before a new one is recorded.
-    fn forget_hessian(&mut self) {
-        self.hessian_sum.clear();
-        self.hessian_max.clear();
-        self.hessian_coordinates = 0;
+    /// Whether a refresh precedes the update that follows `updates_taken` updates.
+    pub fn due_before_update(&self, updates_taken: usize) -> bool {
+        self.before_update && updates_taken.is_multiple_of(self.interval)
+    }
+
+    /// Whether a refresh follows update number `updates_taken` (counted from 1).
+    pub fn due_after_update(&self, updates_taken: usize) -> bool {
+        !self.before_update && updates_taken > 0 && updates_taken.is_multiple_of(self.interval)
+    }
+
+    /// The refresh interval `k`.
+    pub fn interval(&self) -> usize {
+        self.interval
     }
 }
 
-#[derive(Default)]
-struct Shared {
-    refreshing: AtomicBool,
-    collect_win_rate: AtomicBool,
-    refreshes: AtomicU64,
-    accumulator: Mutex<Accumulator>,
+/// What the per-tensor step of the current module-level pass does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pass {
+    /// Update the weights; count the coordinates whose step is not clipped if asked.
+    Update { count_wins: bool },
+    /// Fold the estimate into `h`; weights untouched.
+    Refresh,
 }
 
-/// Shared handle between a [`Sophia`](crate::Sophia) optimizer and the code that drives it.
-///
-/// Cloning the handle shares it. Obtain it from [`Sophia::control`](crate::Sophia::control) or
-/// [`SophiaOptimizer::control`](crate::SophiaOptimizer::control).
-#[derive(Clone, Default)]
-pub struct SophiaControl {
-    shared: Arc<Shared>,
+/// Why a refresh failed: its estimate could not be made, or did not fit the parameters.
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError<E> {
+    /// The estimator failed.
+    #[error("the Hessian estimate failed: {0}")]
+    Estimator(#[source] E),
+    /// The estimate does not fit the parameters Sophia optimizes.
+    #[error(transparent)]
+    Mismatch(#[from] RefreshMismatch),
+}
+
+/// An estimate that does not fit the parameters Sophia optimizes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefreshMismatch {
+    /// The estimate holds parameters that Sophia does not optimize: another optimizer sharing the
+    /// module optimizer would have taken them as gradients.
+    #[error(
+        "the Hessian estimate holds {given} parameters but Sophia refreshed {refreshed}: pass estimates only for the parameters Sophia optimizes (other optimizers in the same ModuleOptimizer take them as gradients)"
+    )]
+    ForeignParameters {
+        /// Parameters in the estimate.
+        given: usize,
+        /// Parameters Sophia refreshed.
+        refreshed: usize,
+    },
+    /// The estimate misses parameters that Sophia updates: their `h` would silently go stale.
+    #[error("the Hessian estimate covers {refreshed} of the {updated} parameters Sophia updates: the estimator must return an entry for every trained parameter")]
+    Incomplete {
+        /// Parameters refreshed.
+        refreshed: usize,
+        /// Parameters the last update changed.
+        updated: usize,
+    },
 }
 
 /// Optimizer statistics for logging (see [`SophiaControl::stats`]).
 #[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct SophiaStats {
-    /// Fraction of coordinates whose update was *not* clipped (`|m| / denom < 1`), over the
-    /// update steps since the last call with win-rate collection on. The official guidance is
-    /// to tune `rho` so that it stays between 0.1 and 0.5. `None` when nothing was collected.
+    /// Fraction of coordinates whose update was *not* clipped (`|m| / D(h) < 1`), over the
+    /// updates since the last call with win-rate collection on. The official guidance is to
+    /// tune `rho` so that it stays between 0.1 and 0.5. `None` when nothing was collected.
     pub win_rate: Option<f64>,
     /// Mean of the Hessian EMA `h` after the latest refresh (`None` before the first refresh).
     pub hessian_mean: Option<f64>,
     /// Max of the Hessian EMA `h` after the latest refresh (`None` before the first refresh).
     pub hessian_max: Option<f64>,
-    /// Number of Hessian refreshes run through this handle.
+    /// Hessian refreshes run through this handle (on its busiest device).
     pub refreshes: u64,
 }
 
-impl SophiaControl {
-    /// The operation a per-tensor step performs right now.
-    pub fn phase(&self) -> SophiaPhase {
-        if self.shared.refreshing.load(Ordering::Acquire) {
-            SophiaPhase::Refresh
-        } else {
-            SophiaPhase::Update
-        }
+/// Summary figures of the `h` of the latest refresh, one lazy tensor per parameter.
+#[derive(Clone, Default)]
+struct HessianFigures {
+    sums: Vec<Tensor<1>>,
+    maxima: Vec<Tensor<1>>,
+    coordinates: u64,
+}
+
+impl HessianFigures {
+    fn record<const D: usize>(&mut self, hessian: &Tensor<D>) {
+        let flat = hessian.clone().flatten::<1>(0, D - 1);
+        self.coordinates += flat.dims()[0] as u64;
+        self.sums.push(flat.clone().sum());
+        self.maxima.push(flat.max());
     }
 
-    /// Run one module-level step of `optim` as a Hessian refresh.
-    ///
-    /// `estimate` holds, per parameter, the diagonal Hessian sample that the optimizer's
-    /// [`HessianEstimator`](crate::HessianEstimator) expects: the gradient of the loss on
-    /// labels sampled from the model for SophiaG (it is squared inside), `u ⊙ (H u)` for SophiaH
-    /// (see [`hutchinson`](crate::hutchinson)). Every weight of `module` comes back
-    /// bit-identical; only the optimizer's `h` changes.
-    ///
-    /// Only parameters that have an entry in `estimate` are touched. When a Sophia optimizer
-    /// shares a `ModuleOptimizer` with other optimizers (parameter groups), pass estimates for
-    /// Sophia's parameters only: the other optimizers would treat them as gradients.
-    pub fn refresh<M: Module>(&self, optim: &mut ModuleOptimizer, module: M, estimate: GradientsParams) -> M {
-        self.accumulator().forget_hessian();
-        self.shared.refreshing.store(true, Ordering::Release);
-        // Reset the phase even if a step panics, so the handle never stays in refresh mode.
-        struct ResetOnDrop<'a>(&'a AtomicBool);
-        impl Drop for ResetOnDrop<'_> {
-            fn drop(&mut self) {
-                self.0.store(false, Ordering::Release);
+    /// `(mean, max)`; the sum runs in sorted order, so it does not depend on parameter order.
+    fn read(&self) -> Option<(f64, f64)> {
+        if self.coordinates == 0 {
+            return None;
+        }
+        let mut sums: Vec<f64> = Tensor::cat(self.sums.clone(), 0).into_data().iter::<f64>().collect();
+        sums.sort_by(f64::total_cmp);
+        let max = Tensor::cat(self.maxima.clone(), 0).max().into_scalar::<f64>();
+        Some((sums.iter().sum::<f64>() / self.coordinates as f64, max))
+    }
+}
+
+/// What a checkpoint says about the optimizer state: updates taken and the `h` of each parameter.
+#[derive(Clone)]
+pub(crate) struct Restored {
+    pub(crate) updates: usize,
+    pub(crate) hessians: Vec<Tensor<1>>,
+}
+
+/// One device's view of the optimizer: the pass it runs and what the passes reported.
+struct DeviceState {
+    device: Device,
+    pass: Option<Pass>,
+    /// Updates taken (the optimizer state's `step`).
+    updates: usize,
+    refreshes: u64,
+    /// Parameters visited by the current pass.
+    visited: usize,
+    /// Parameters the latest update changed.
+    updated: usize,
+    /// Per parameter: coordinates not clipped, since the last `stats()`.
+    not_clipped: Vec<Tensor<1, Int>>,
+    update_coordinates: u64,
+    hessian: HessianFigures,
+}
+
+impl DeviceState {
+    fn new(device: Device, restored: Option<&Restored>) -> Self {
+        let mut hessian = HessianFigures::default();
+        for h in restored.map(|r| r.hessians.as_slice()).unwrap_or_default() {
+            hessian.record(h);
+        }
+        Self {
+            device,
+            pass: None,
+            updates: restored.map_or(0, |r| r.updates),
+            refreshes: 0,
+            visited: 0,
+            updated: 0,
+            not_clipped: Vec::new(),
+            update_coordinates: 0,
+            hessian,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Devices {
+    states: Vec<DeviceState>,
+    restored: Option<Restored>,
+}
+
+impl Devices {
+    fn get(&mut self, device: &Device) -> &mut DeviceState {
+        match self.states.iter().position(|s| s.device == *device) {
+            Some(i) => &mut self.states[i],
+            None => {
+                let state = DeviceState::new(device.clone(), self.restored.as_ref());
+                self.states.push(state);
+                self.states.last_mut().expect("just pushed")
             }
         }
-        let _reset = ResetOnDrop(&self.shared.refreshing);
-        let module = optim.step(0.0, module, estimate);
-        self.shared.refreshes.fetch_add(1, Ordering::AcqRel);
-        module
+    }
+}
+
+struct Shared {
+    schedule: Schedule,
+    refresh_clip: Option<GlobalNormClip>,
+    collect_win_rate: AtomicBool,
+    devices: Mutex<Devices>,
+}
+
+/// Shared handle between a [`Sophia`](crate::Sophia) optimizer and the code that drives it; see
+/// the [module documentation](self). Cloning the handle shares it.
+#[derive(Clone)]
+pub struct SophiaControl {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for SophiaControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SophiaControl({:?})", self.shared.schedule)
+    }
+}
+
+impl SophiaControl {
+    pub(crate) fn new(schedule: Schedule, refresh_clip: Option<GlobalNormClip>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                schedule,
+                refresh_clip,
+                collect_win_rate: AtomicBool::new(false),
+                devices: Mutex::new(Devices::default()),
+            }),
+        }
     }
 
-    /// Turn collection of the win rate on or off for the following update steps.
+    /// The refresh schedule.
+    pub fn schedule(&self) -> Schedule {
+        self.shared.schedule
+    }
+
+    /// One Sophia iteration on `module`'s device: the update from `grads`, with the Hessian
+    /// refresh the schedule puts before (SophiaH) or after (SophiaG) it. When a refresh is due,
+    /// `estimator` is asked for its estimate at the weights of that moment; SophiaG's estimate is
+    /// clipped to the configured global norm and squared into `h`.
+    ///
+    /// `optim` must be the module optimizer this handle's Sophia belongs to.
+    pub fn step<M: Module, E: HessianEstimator<M> + ?Sized>(
+        &self,
+        optim: &mut ModuleOptimizer,
+        lr: impl Into<ModuleLearningRate>,
+        module: M,
+        grads: GradientsParams,
+        estimator: &mut E,
+    ) -> Result<M, RefreshError<E::Error>> {
+        let device = module_device(&module);
+        let schedule = self.shared.schedule;
+        let before = self.updates_taken(&device);
+        let module = if schedule.due_before_update(before) {
+            self.refresh_from(optim, module, estimator, Refresh { update: before })?
+        } else {
+            module
+        };
+        let pass = Pass::Update { count_wins: self.shared.collect_win_rate.load(Ordering::Acquire) };
+        let module = self.run_pass(optim, &device, pass, |optim| optim.step(lr, module, grads));
+        let after = self.updates_taken(&device);
+        if after > before && schedule.due_after_update(after) {
+            return self.refresh_from(optim, module, estimator, Refresh { update: after - 1 });
+        }
+        Ok(module)
+    }
+
+    /// Refresh `h` now, from `estimate` (the refresh [`step`](Self::step) runs when one is due:
+    /// the same clipping, the same checks). Every weight comes back bit-identical.
+    pub fn refresh<M: Module>(&self, optim: &mut ModuleOptimizer, module: M, estimate: GradientsParams) -> Result<M, RefreshMismatch> {
+        self.fold(optim, module, estimate)
+    }
+
+    /// Refresh `h` now from `estimator`'s estimate at `module` (for the coming update), whatever
+    /// the schedule says: the refresh [`step`](Self::step) runs when one is due.
+    pub fn refresh_with<M: Module, E: HessianEstimator<M> + ?Sized>(&self, optim: &mut ModuleOptimizer, module: M, estimator: &mut E) -> Result<M, RefreshError<E::Error>> {
+        let update = self.updates_taken(&module_device(&module));
+        self.refresh_from(optim, module, estimator, Refresh { update })
+    }
+
+    fn refresh_from<M: Module, E: HessianEstimator<M> + ?Sized>(
+        &self,
+        optim: &mut ModuleOptimizer,
+        module: M,
+        estimator: &mut E,
+        refresh: Refresh,
+    ) -> Result<M, RefreshError<E::Error>> {
+        let estimate = estimator.estimate(&module, refresh).map_err(RefreshError::Estimator)?;
+        Ok(self.fold(optim, module, estimate)?)
+    }
+
+    /// Clip the estimate (SophiaG), run the refresh pass and check it touched exactly the
+    /// parameters Sophia updates.
+    fn fold<M: Module>(&self, optim: &mut ModuleOptimizer, module: M, estimate: GradientsParams) -> Result<M, RefreshMismatch> {
+        let device = module_device(&module);
+        let estimate = match &self.shared.refresh_clip {
+            Some(clip) => clip.clip(&module, estimate).0,
+            None => estimate,
+        };
+        let given = estimate.len();
+        self.devices().get(&device).hessian = HessianFigures::default();
+        let module = self.run_pass(optim, &device, Pass::Refresh, |optim| optim.step(0.0, module, estimate));
+        let mut devices = self.devices();
+        let state = devices.get(&device);
+        state.refreshes += 1;
+        let refreshed = state.visited;
+        if refreshed != given {
+            return Err(RefreshMismatch::ForeignParameters { given, refreshed });
+        }
+        if state.updated > 0 && refreshed < state.updated {
+            return Err(RefreshMismatch::Incomplete { refreshed, updated: state.updated });
+        }
+        Ok(module)
+    }
+
+    /// Run one module-level pass of `optim` on `device` as `pass`; the device goes back to no
+    /// pass afterwards, also when the pass panics.
+    fn run_pass<M>(&self, optim: &mut ModuleOptimizer, device: &Device, pass: Pass, run: impl FnOnce(&mut ModuleOptimizer) -> M) -> M {
+        {
+            let mut devices = self.devices();
+            let state = devices.get(device);
+            assert!(state.pass.is_none(), "Sophia: a pass is already running on {device:?}; one optimizer per device and thread");
+            state.pass = Some(pass);
+            state.visited = 0;
+        }
+        struct EndPass<'a>(&'a SophiaControl, &'a Device, Pass);
+        impl Drop for EndPass<'_> {
+            fn drop(&mut self) {
+                let mut devices = self.0.devices();
+                let state = devices.get(self.1);
+                state.pass = None;
+                if matches!(self.2, Pass::Update { .. }) && state.visited > 0 {
+                    state.updated = state.visited;
+                }
+            }
+        }
+        let _end = EndPass(self, device, pass);
+        run(optim)
+    }
+
+    /// The pass a per-tensor step on `device` belongs to.
+    ///
+    /// # Panics
+    /// Outside a pass, naming the fix: Sophia's updates must go through [`step`](Self::step).
+    pub(crate) fn pass(&self, device: &Device) -> Pass {
+        let mut devices = self.devices();
+        let state = devices.get(device);
+        let pass = state.pass.unwrap_or_else(|| {
+            panic!(
+                "Sophia was stepped outside SophiaControl::step on {device:?}: drive it with SophiaOptimizer::step or SophiaControl::step \
+                 (they own the Hessian refresh); a plain ModuleOptimizer::step would never refresh h. With Burn's Learner, override \
+                 TrainStep::optimize (see sophia_train::learner)"
+            )
+        });
+        state.visited += 1;
+        pass
+    }
+
+    pub(crate) fn record_update(&self, device: &Device, step: usize) {
+        let mut devices = self.devices();
+        let state = devices.get(device);
+        state.updates = state.updates.max(step);
+    }
+
+    pub(crate) fn record_wins<const D: usize>(&self, device: &Device, not_clipped: Tensor<D, Bool>) {
+        let coordinates = not_clipped.shape().num_elements() as u64;
+        let count = not_clipped.int().sum();
+        let mut devices = self.devices();
+        let state = devices.get(device);
+        state.not_clipped.push(count);
+        state.update_coordinates += coordinates;
+    }
+
+    pub(crate) fn record_refresh<const D: usize>(&self, device: &Device, hessian: &Tensor<D>) {
+        self.devices().get(device).hessian.record(hessian);
+    }
+
+    /// Describe a loaded optimizer state: updates taken and each parameter's `h`, so that the
+    /// schedule and the statistics after a resume equal those of the uninterrupted run.
+    pub(crate) fn restore(&self, restored: Restored) {
+        let mut devices = self.devices();
+        devices.states.clear();
+        devices.restored = Some(restored);
+    }
+
+    /// Updates taken on `device` (the optimizer state's step count).
+    pub fn updates_taken(&self, device: &Device) -> usize {
+        self.devices().get(device).updates
+    }
+
+    /// Turn collection of the win rate on or off for the following updates.
     ///
     /// Off by default: counting costs two extra element-wise kernels and one reduction per
     /// parameter, so a training loop turns it on for the steps it logs.
@@ -132,74 +411,44 @@ impl SophiaControl {
         self.shared.collect_win_rate.store(on, Ordering::Release);
     }
 
-    pub(crate) fn collecting_win_rate(&self) -> bool {
-        self.shared.collect_win_rate.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn record_update<const D: usize>(&self, not_clipped: Tensor<D, burn::tensor::Bool>) {
-        let coordinates = not_clipped.shape().num_elements() as u64;
-        let count = not_clipped.int().sum();
-        let mut acc = self.accumulator();
-        acc.not_clipped.push(count);
-        acc.update_coordinates += coordinates;
-    }
-
-    pub(crate) fn record_refresh<const D: usize>(&self, hessian: &Tensor<D>) {
-        let coordinates = hessian.shape().num_elements() as u64;
-        let flat = hessian.clone().flatten::<1>(0, D - 1);
-        let (sum, max) = (flat.clone().sum(), flat.max());
-        let mut acc = self.accumulator();
-        acc.hessian_sum.push(sum);
-        acc.hessian_max.push(max);
-        acc.hessian_coordinates += coordinates;
-    }
-
-    /// Describe `hessians` (one flattened `h` per parameter, e.g. loaded from a checkpoint) as
-    /// the latest refresh, so statistics after a resume equal those of an uninterrupted run.
-    pub(crate) fn restore_hessians(&self, hessians: Vec<Tensor<1>>) {
-        self.accumulator().forget_hessian();
-        for hessian in &hessians {
-            self.record_refresh(hessian);
-        }
-    }
-
-    /// Number of Hessian refreshes run through this handle (no device access, no counter reset).
+    /// Hessian refreshes run on the busiest device (no device access).
     pub fn refreshes(&self) -> u64 {
-        self.shared.refreshes.load(Ordering::Acquire)
+        self.devices().states.iter().map(|s| s.refreshes).max().unwrap_or(0)
     }
 
     /// Read the statistics; this synchronises with the device once.
     ///
-    /// The win-rate counters are reset by the call; the Hessian figures describe the latest
-    /// refresh and stay until the next one.
+    /// The win-rate counters (summed over devices) are reset by the call; the Hessian figures
+    /// describe the latest refresh on the first device that has one, or the loaded state.
     pub fn stats(&self) -> SophiaStats {
-        let mut acc = self.accumulator();
-        let win_rate = (acc.update_coordinates > 0).then(|| {
-            let counts = std::mem::take(&mut acc.not_clipped);
+        let mut devices = self.devices();
+        let mut counts = Vec::new();
+        let mut coordinates = 0;
+        for state in &mut devices.states {
+            counts.append(&mut state.not_clipped);
+            coordinates += std::mem::take(&mut state.update_coordinates);
+        }
+        let win_rate = (coordinates > 0).then(|| {
             let not_clipped: i64 = Tensor::cat(counts, 0).sum().into_scalar::<i64>();
-            not_clipped as f64 / acc.update_coordinates as f64
+            not_clipped as f64 / coordinates as f64
         });
-        acc.update_coordinates = 0;
-        let (hessian_mean, hessian_max) = if acc.hessian_coordinates > 0 {
-            // Summed in sorted order, so the figure does not depend on the parameters' order.
-            let mut sums: Vec<f64> = Tensor::cat(acc.hessian_sum.clone(), 0).into_data().iter::<f64>().collect();
-            sums.sort_by(f64::total_cmp);
-            let sum: f64 = sums.iter().sum();
-            let max = Tensor::cat(acc.hessian_max.clone(), 0).max().into_scalar::<f64>();
-            (Some(sum / acc.hessian_coordinates as f64), Some(max))
-        } else {
-            (None, None)
-        };
+        let restored = devices.restored.as_ref().map(|r| DeviceState::new(Device::default(), Some(r)).hessian);
+        let hessian = devices.states.iter().map(|s| &s.hessian).find(|h| h.coordinates > 0).or(restored.as_ref()).and_then(HessianFigures::read);
         SophiaStats {
             win_rate,
-            hessian_mean,
-            hessian_max,
-            refreshes: self.refreshes(),
+            hessian_mean: hessian.map(|(mean, _)| mean),
+            hessian_max: hessian.map(|(_, max)| max),
+            refreshes: devices.states.iter().map(|s| s.refreshes).max().unwrap_or(0),
         }
     }
 
-    fn accumulator(&self) -> MutexGuard<'_, Accumulator> {
-        // The accumulator only holds statistics; a panic elsewhere leaves it usable.
-        self.shared.accumulator.lock().unwrap_or_else(PoisonError::into_inner)
+    fn devices(&self) -> MutexGuard<'_, Devices> {
+        // The state only holds counters and statistics; a panic elsewhere leaves it usable.
+        self.shared.devices.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// The device of a module's parameters (the default device for a module without any).
+fn module_device<M: Module>(module: &M) -> Device {
+    module.devices().into_iter().next().unwrap_or_default()
 }

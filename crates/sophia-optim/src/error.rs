@@ -26,12 +26,13 @@ pub struct ConfigError {
 /// Field-by-field checks for one component's config.
 ///
 /// Every check is written so that NaN fails it (comparisons with NaN are false).
-pub(crate) struct Validator {
+pub struct Validator {
     component: &'static str,
 }
 
 impl Validator {
-    pub(crate) fn new(component: &'static str) -> Self {
+    /// Checks for the config of `component` (named in every error).
+    pub fn new(component: &'static str) -> Self {
         Self { component }
     }
 
@@ -45,7 +46,7 @@ impl Validator {
     }
 
     /// `0 <= value < 1`: EMA coefficients (betas).
-    pub(crate) fn unit_interval(&self, field: &'static str, value: f64) -> Result<(), ConfigError> {
+    pub fn unit_interval(&self, field: &'static str, value: f64) -> Result<(), ConfigError> {
         if (0.0..1.0).contains(&value) {
             Ok(())
         } else {
@@ -54,7 +55,7 @@ impl Validator {
     }
 
     /// `0 < value < inf`.
-    pub(crate) fn positive(&self, field: &'static str, value: f64) -> Result<(), ConfigError> {
+    pub fn positive(&self, field: &'static str, value: f64) -> Result<(), ConfigError> {
         if value > 0.0 && value.is_finite() {
             Ok(())
         } else {
@@ -63,7 +64,7 @@ impl Validator {
     }
 
     /// `0 <= value < inf`.
-    pub(crate) fn non_negative(&self, field: &'static str, value: f64) -> Result<(), ConfigError> {
+    pub fn non_negative(&self, field: &'static str, value: f64) -> Result<(), ConfigError> {
         if value >= 0.0 && value.is_finite() {
             Ok(())
         } else {
@@ -72,7 +73,7 @@ impl Validator {
     }
 
     /// A count that must be at least one.
-    pub(crate) fn at_least_one(&self, field: &'static str, value: usize) -> Result<(), ConfigError> {
+    pub fn at_least_one(&self, field: &'static str, value: usize) -> Result<(), ConfigError> {
         if value >= 1 {
             Ok(())
         } else {
@@ -81,7 +82,7 @@ impl Validator {
     }
 
     /// A custom condition with its own wording of the allowed range.
-    pub(crate) fn require(
+    pub fn require(
         &self,
         ok: bool,
         field: &'static str,

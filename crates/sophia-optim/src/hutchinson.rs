@@ -20,6 +20,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::{ConfigError, Validator};
+use crate::estimator::{HessianEstimator, Refresh, draw_seed};
 
 /// Draws Rademacher directions and turns them into `u ⊙ Hu` estimates for SophiaH.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -40,17 +41,47 @@ impl Hutchinson {
     ///
     /// `gradient` returns the gradients of the loss at the parameters of the module it is
     /// given; it is called twice. The module's weights are not changed.
-    pub fn estimate<M: Module>(
+    pub fn estimate<M: Module, E>(
         &self,
         module: &M,
         draw: u64,
-        gradient: impl FnMut(&M) -> GradientsParams,
-    ) -> GradientsParams {
-        let direction = rademacher(module, self.seed ^ draw.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let hv = hessian_vector_product(module, &direction, self.epsilon, gradient);
+        gradient: impl FnMut(&M) -> Result<GradientsParams, E>,
+    ) -> Result<GradientsParams, E> {
+        let direction = rademacher(module, draw_seed(self.seed, draw));
+        let hv = hessian_vector_product(module, &direction, self.epsilon, gradient)?;
         let mut product = ElementwiseProduct { a: &direction, b: &hv, out: GradientsParams::new() };
         module.visit(&mut product);
-        product.out
+        Ok(product.out)
+    }
+
+    /// This estimator as a SophiaH [`HessianEstimator`]: `gradient(module, refresh)` returns the
+    /// gradients of the loss on the refresh's batch (the same batch for both calls of one
+    /// refresh); the draw is the refresh's update index.
+    pub fn with_gradient<M, E, F>(self, gradient: F) -> HutchinsonEstimator<F>
+    where
+        M: Module,
+        F: FnMut(&M, Refresh) -> Result<GradientsParams, E>,
+    {
+        HutchinsonEstimator { hutchinson: self, gradient }
+    }
+}
+
+/// [`Hutchinson`] bound to a loss gradient: the estimator SophiaH refreshes from.
+pub struct HutchinsonEstimator<F> {
+    hutchinson: Hutchinson,
+    gradient: F,
+}
+
+impl<M, E, F> HessianEstimator<M> for HutchinsonEstimator<F>
+where
+    M: Module,
+    F: FnMut(&M, Refresh) -> Result<GradientsParams, E>,
+{
+    type Error = E;
+
+    fn estimate(&mut self, module: &M, refresh: Refresh) -> Result<GradientsParams, E> {
+        let gradient = &mut self.gradient;
+        self.hutchinson.estimate(module, refresh.update as u64, |m| gradient(m, refresh))
     }
 }
 
@@ -64,17 +95,17 @@ pub fn rademacher<M: Module>(module: &M, seed: u64) -> GradientsParams {
 
 /// `H u` at `module`'s parameters by central differences of `gradient` with step `epsilon`;
 /// `direction` holds `u` per parameter (parameters without an entry are not perturbed).
-pub fn hessian_vector_product<M: Module>(
+pub fn hessian_vector_product<M: Module, E>(
     module: &M,
     direction: &GradientsParams,
     epsilon: f64,
-    mut gradient: impl FnMut(&M) -> GradientsParams,
-) -> GradientsParams {
-    let plus = gradient(&module.clone().map(&mut Perturb { direction, step: epsilon }));
-    let minus = gradient(&module.clone().map(&mut Perturb { direction, step: -epsilon }));
+    mut gradient: impl FnMut(&M) -> Result<GradientsParams, E>,
+) -> Result<GradientsParams, E> {
+    let plus = gradient(&module.clone().map(&mut Perturb { direction, step: epsilon }))?;
+    let minus = gradient(&module.clone().map(&mut Perturb { direction, step: -epsilon }))?;
     let mut difference = CentralDifference { plus, minus, epsilon, out: GradientsParams::new() };
     module.visit(&mut difference);
-    difference.out
+    Ok(difference.out)
 }
 
 struct RademacherDraw {

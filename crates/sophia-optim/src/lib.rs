@@ -1,17 +1,18 @@
 #![warn(missing_docs)]
 //! Optimizers for [Burn](https://burn.dev) that Burn does not ship, for language-model
-//! pre-training:
+//! pre-training, in small composable pieces:
 //!
-//! - [`Sophia`]: the Sophia second-order optimizer (Liu et al. 2023,
-//!   <https://arxiv.org/abs/2305.14342>) with its two Hessian estimators, SophiaG
-//!   ([`SophiaGConfig`], Gauss-Newton-Bartlett) and SophiaH ([`SophiaHConfig`], Hutchinson);
-//!   its update and its Hessian refresh are two separate calls ([`SophiaOptimizer::step`],
-//!   [`SophiaOptimizer::refresh`]) through Burn's module optimizer.
+//! - [`SophiaOptimizer`]: the Sophia second-order optimizer (Liu et al. 2023,
+//!   <https://arxiv.org/abs/2305.14342>), SophiaG ([`SophiaGConfig`], Gauss-Newton-Bartlett) and
+//!   SophiaH ([`SophiaHConfig`], Hutchinson). It owns the Hessian refresh: its
+//!   [`step`](SophiaOptimizer::step) updates the weights and, every `k` updates, asks a
+//!   [`HessianEstimator`] for an estimate, clips it and folds it into `h`.
+//! - [`HessianEstimator`]: what a refresh folds in; [`Hutchinson`] (`u ⊙ Hu` by finite
+//!   differences) lives here, the sampled-label estimator beside the model (`sophia-gpt2`).
 //! - [`Tiger`]: Lion with one momentum coefficient.
 //! - [`GlobalNormClip`]: `clip_grad_norm_`-style clipping over a whole module.
 //! - [`WarmupCosine`]: nanoGPT's warmup + cosine learning-rate schedule as a Burn
 //!   [`LrScheduler`](burn::optim::lr_scheduler::LrScheduler).
-//! - [`hutchinson`]: finite-difference Hessian-vector products for SophiaH.
 //!
 //! AdamW and Lion are Burn's own (`burn::optim::{AdamWConfig, LionConfig}`); they match
 //! PyTorch's AdamW and the Lion paper (see the golden tests).
@@ -21,7 +22,6 @@
 //! convention and panic with that message.
 //!
 //! ```no_run
-//! use burn::optim::GradientsParams;
 //! use sophia_optim::SophiaGConfig;
 //! # fn demo() -> Result<(), sophia_optim::ConfigError> {
 //! // bs = tokens per optimizer step: 8 sequences of 256 tokens.
@@ -35,17 +35,21 @@ mod constructors;
 pub mod clip;
 pub mod control;
 mod error;
+pub mod estimator;
 pub mod hutchinson;
+mod optimizer;
 pub mod schedule;
 pub mod sophia;
 pub mod tiger;
 
 pub use clip::{GlobalNormClip, GradNorm, global_norm};
-pub use control::{SophiaControl, SophiaPhase, SophiaStats};
-pub use error::ConfigError;
-pub use hutchinson::Hutchinson;
+pub use control::{RefreshError, RefreshMismatch, Schedule, SophiaControl, SophiaStats};
+pub use error::{ConfigError, Validator};
+pub use estimator::{EstimateFn, HessianEstimator, Refresh, draw_seed};
+pub use hutchinson::{Hutchinson, HutchinsonEstimator};
+pub use optimizer::{SophiaOptimizer, SophiaRecordError};
 pub use schedule::{WarmupCosine, WarmupCosineConfig};
-pub use sophia::{HessianEstimator, Sophia, SophiaGConfig, SophiaHConfig, SophiaOptimizer, SophiaState};
+pub use sophia::{Sophia, SophiaGConfig, SophiaHConfig, SophiaState, SophiaVariant};
 pub use tiger::{Tiger, TigerConfig, TigerState};
 
 // `#[derive(RecordState)]` refers to these through the crate root.

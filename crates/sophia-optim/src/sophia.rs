@@ -13,7 +13,8 @@
 //! refresh:  h ← β₂ h + (1 − β₂) ĥ                     (θ and m untouched)
 //! ```
 //!
-//! The [`HessianEstimator`] fixes `ĥ` and the preconditioner `D(h)`:
+//! The [`SophiaVariant`] fixes `ĥ` and the preconditioner `D(h)`; a
+//! [`HessianEstimator`](crate::HessianEstimator) supplies the refresh input:
 //!
 //! | variant | refresh input | `ĥ` | `D(h)` |
 //! |---|---|---|---|
@@ -26,20 +27,21 @@
 //! form) equals `clip(m / D, 1)`. SophiaH follows the paper (Algorithms 1 and 3) with no bias
 //! correction. The first refresh of SophiaG comes after `k` updates (so the first `k` updates
 //! take the sign step `η · sign(m)`), the first refresh of SophiaH comes before the first update.
+//! The optimizer owns that schedule and the clipping of `ĝ` (SophiaG: global norm, as the official
+//! loop clips it before `update_hessian`): see [`SophiaOptimizer::step`](crate::SophiaOptimizer::step).
 //!
 //! A coordinate "wins" when its step is not clipped (`|m| / D(h) < 1`); the win rate is the
 //! fraction of such coordinates (official guidance: keep it between 0.1 and 0.5 by tuning `ρ`).
 
 use burn::config::Config;
-use burn::module::{Module, ParamGroup};
-use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
-use burn::optim::{GradientsParams, ModuleOptimizer, Optimizer, OptimizerRecord, RecordState};
-use burn::store::RecordError;
-use burn::tensor::{Bytes, Device, Tensor, TensorData};
+use burn::optim::{Optimizer, RecordState};
+use burn::tensor::{Device, Tensor};
 
 use crate::LearningRate;
-use crate::control::{SophiaControl, SophiaPhase, SophiaStats};
+use crate::clip::GlobalNormClip;
+use crate::control::{Pass, Schedule, SophiaControl};
 use crate::error::{ConfigError, Validator};
+use crate::optimizer::SophiaOptimizer;
 
 /// Configuration of [SophiaG](Sophia), the Gauss-Newton-Bartlett variant.
 ///
@@ -68,6 +70,10 @@ pub struct SophiaGConfig {
     /// `k`: run a Hessian refresh after every `k` updates.
     #[config(default = 10)]
     pub hessian_interval: usize,
+    /// Global-norm clipping of `ĝ` before it is squared into `h` (the official loop clips it
+    /// with the training run's `grad_clip`, 1.0); `None` folds `ĝ` in as given.
+    #[config(default = "Some(1.0)")]
+    pub refresh_grad_clip: Option<f64>,
 }
 
 /// Configuration of [SophiaH](Sophia), the Hutchinson variant (paper, Algorithms 1 and 3).
@@ -99,7 +105,7 @@ pub struct SophiaHConfig {
 /// How Sophia turns a refresh input into a diagonal Hessian sample, and `h` into the
 /// preconditioner of the update.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum HessianEstimator {
+pub enum SophiaVariant {
     /// SophiaG. Refresh input `ĝ`; sample `ĝ ⊙ ĝ`; preconditioner `ρ · bs · h + ε`.
     GaussNewtonBartlett {
         /// `ρ`.
@@ -118,7 +124,7 @@ pub enum HessianEstimator {
     },
 }
 
-impl HessianEstimator {
+impl SophiaVariant {
     /// The diagonal Hessian sample `ĥ` of one refresh.
     fn sample<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
         match self {
@@ -137,9 +143,9 @@ impl HessianEstimator {
         }
     }
 
-    /// Whether the refresh schedule starts with a refresh before the first update (SophiaH,
-    /// paper) or after the first `k` updates (SophiaG, official training loop).
-    fn refresh_before_first_update(&self) -> bool {
+    /// Whether refreshes come before the update they belong to (SophiaH, paper) or after it
+    /// (SophiaG, official training loop).
+    fn refreshes_before_update(&self) -> bool {
         matches!(self, Self::Hutchinson { .. })
     }
 }
@@ -147,15 +153,16 @@ impl HessianEstimator {
 /// The Sophia optimizer for one parameter group; see the [module docs](self) for the math.
 ///
 /// Built by [`SophiaGConfig`] or [`SophiaHConfig`]. Wrap it in a [`SophiaOptimizer`] (what
-/// `init()` returns) or add it to a [`ModuleOptimizer`] with `with_group`, and drive refreshes
-/// through its [`SophiaControl`].
+/// `init()` returns), or add it to a [`ModuleOptimizer`](burn::optim::ModuleOptimizer) with
+/// `with_group` and drive that through its [`SophiaControl`]: every update must go through
+/// [`SophiaControl::step`], which owns the refresh schedule (a direct
+/// `ModuleOptimizer::step` panics, naming the fix, instead of silently never refreshing).
 #[derive(Clone)]
 pub struct Sophia {
     beta_1: f64,
     beta_2: f64,
     weight_decay: f64,
-    hessian_interval: usize,
-    estimator: HessianEstimator,
+    variant: SophiaVariant,
     control: SophiaControl,
 }
 
@@ -180,23 +187,19 @@ impl SophiaGConfig {
         v.positive("rho", self.rho)?;
         v.non_negative("weight_decay", self.weight_decay)?;
         v.positive("epsilon", self.epsilon)?;
-        v.at_least_one("hessian_interval", self.hessian_interval)
+        v.at_least_one("hessian_interval", self.hessian_interval)?;
+        if let Some(max_norm) = self.refresh_grad_clip {
+            v.positive("refresh_grad_clip", max_norm)?;
+        }
+        Ok(())
     }
 
     /// Build the bare optimizer, or say which field is invalid.
     pub fn try_build(&self) -> Result<Sophia, ConfigError> {
         self.validate()?;
-        Ok(Sophia::new(
-            self.beta_1,
-            self.beta_2,
-            self.weight_decay,
-            self.hessian_interval,
-            HessianEstimator::GaussNewtonBartlett {
-                rho: self.rho,
-                batch_size: self.batch_size,
-                epsilon: self.epsilon,
-            },
-        ))
+        let variant = SophiaVariant::GaussNewtonBartlett { rho: self.rho, batch_size: self.batch_size, epsilon: self.epsilon };
+        let clip = self.refresh_grad_clip.map(GlobalNormClip::new).transpose()?;
+        Ok(Sophia::new(self.beta_1, self.beta_2, self.weight_decay, self.hessian_interval, variant, clip))
     }
 }
 
@@ -215,13 +218,8 @@ impl SophiaHConfig {
     /// Build the bare optimizer, or say which field is invalid.
     pub fn try_build(&self) -> Result<Sophia, ConfigError> {
         self.validate()?;
-        Ok(Sophia::new(
-            self.beta_1,
-            self.beta_2,
-            self.weight_decay,
-            self.hessian_interval,
-            HessianEstimator::Hutchinson { gamma: self.gamma, epsilon: self.epsilon },
-        ))
+        let variant = SophiaVariant::Hutchinson { gamma: self.gamma, epsilon: self.epsilon };
+        Ok(Sophia::new(self.beta_1, self.beta_2, self.weight_decay, self.hessian_interval, variant, None))
     }
 }
 
@@ -229,33 +227,31 @@ constructors!(SophiaGConfig, Sophia, SophiaOptimizer, "SophiaG");
 constructors!(SophiaHConfig, Sophia, SophiaOptimizer, "SophiaH");
 
 impl Sophia {
-    fn new(beta_1: f64, beta_2: f64, weight_decay: f64, hessian_interval: usize, estimator: HessianEstimator) -> Self {
-        Self {
-            beta_1,
-            beta_2,
-            weight_decay,
-            hessian_interval,
-            estimator,
-            control: SophiaControl::default(),
-        }
+    fn new(
+        beta_1: f64,
+        beta_2: f64,
+        weight_decay: f64,
+        hessian_interval: usize,
+        variant: SophiaVariant,
+        refresh_clip: Option<GlobalNormClip>,
+    ) -> Self {
+        let schedule = Schedule::new(hessian_interval, variant.refreshes_before_update());
+        Self { beta_1, beta_2, weight_decay, variant, control: SophiaControl::new(schedule, refresh_clip) }
     }
 
-    /// The handle that switches this optimizer between updates and refreshes.
+    /// The same optimizer with another weight decay (the control handle is shared).
+    pub(crate) fn with_weight_decay(&self, weight_decay: f64) -> Self {
+        Self { weight_decay, ..self.clone() }
+    }
+
+    /// The handle that drives this optimizer's updates and refreshes.
     pub fn control(&self) -> SophiaControl {
         self.control.clone()
     }
 
-    /// The Hessian estimator (SophiaG or SophiaH) and its constants.
-    pub fn estimator(&self) -> HessianEstimator {
-        self.estimator
-    }
-
-    /// Whether a Hessian refresh is due before the next update, given the number of updates
-    /// taken so far: every `k` updates, starting after the first `k` for SophiaG (official
-    /// loop) and before the first update for SophiaH (paper).
-    pub fn refresh_due(&self, updates_taken: usize) -> bool {
-        updates_taken % self.hessian_interval == 0
-            && (updates_taken > 0 || self.estimator.refresh_before_first_update())
+    /// The variant (SophiaG or SophiaH) and its constants.
+    pub fn variant(&self) -> SophiaVariant {
+        self.variant
     }
 
     fn refresh<const D: usize>(&self, sample_input: Tensor<D>, state: Option<SophiaState<D>>) -> SophiaState<D> {
@@ -264,9 +260,8 @@ impl Sophia {
             hessian: sample_input.zeros_like(),
             step: 0,
         });
-        let sample = self.estimator.sample(sample_input);
+        let sample = self.variant.sample(sample_input);
         let hessian = state.hessian.mul_scalar(self.beta_2).add(sample.mul_scalar(1.0 - self.beta_2));
-        self.control.record_refresh(&hessian);
         SophiaState { hessian, ..state }
     }
 
@@ -276,6 +271,7 @@ impl Sophia {
         tensor: Tensor<D>,
         grad: Tensor<D>,
         state: Option<SophiaState<D>>,
+        count_wins: bool,
     ) -> (Tensor<D>, SophiaState<D>) {
         let (momentum, hessian, step) = match state {
             Some(state) => (state.momentum.mul_scalar(self.beta_1), state.hessian, state.step),
@@ -284,10 +280,10 @@ impl Sophia {
         let momentum = momentum.add(grad.mul_scalar(1.0 - self.beta_1));
         let ratio = momentum
             .clone()
-            .div(self.estimator.preconditioner(hessian.clone()))
+            .div(self.variant.preconditioner(hessian.clone()))
             .clamp(-1.0, 1.0);
-        if self.control.collecting_win_rate() {
-            self.control.record_update(ratio.clone().abs().lower_elem(1.0));
+        if count_wins {
+            self.control.record_wins(&ratio.device(), ratio.clone().abs().lower_elem(1.0));
         }
         let decay = 1.0 - lr * self.weight_decay;
         let tensor = if decay == 1.0 { tensor } else { tensor.mul_scalar(decay) };
@@ -306,11 +302,17 @@ impl Optimizer for Sophia {
         grad: Tensor<D>,
         state: Option<Self::State<D>>,
     ) -> (Tensor<D>, Option<Self::State<D>>) {
-        match self.control.phase() {
+        let device = tensor.device();
+        match self.control.pass(&device) {
             // The weights go back untouched: a refresh never changes a bit of them.
-            SophiaPhase::Refresh => (tensor, Some(self.refresh(grad, state))),
-            SophiaPhase::Update => {
-                let (tensor, state) = self.update(lr, tensor, grad, state);
+            Pass::Refresh => {
+                let state = self.refresh(grad, state);
+                self.control.record_refresh(&device, &state.hessian);
+                (tensor, Some(state))
+            }
+            Pass::Update { count_wins } => {
+                let (tensor, state) = self.update(lr, tensor, grad, state, count_wins);
+                self.control.record_update(&device, state.step);
                 (tensor, Some(state))
             }
         }
@@ -321,133 +323,6 @@ impl Optimizer for Sophia {
             momentum: state.momentum.to_device(device),
             hessian: state.hessian.to_device(device),
             step: state.step,
-        }
-    }
-}
-
-impl From<Sophia> for SophiaOptimizer {
-    fn from(sophia: Sophia) -> Self {
-        Self::new(sophia)
-    }
-}
-
-/// Sophia for a whole module: Burn's [`ModuleOptimizer`] plus the [`SophiaControl`] of the
-/// optimizer inside it, with the two operations as two methods.
-///
-/// ```text
-/// let mut optim = SophiaGConfig::new(tokens_per_step).try_init()?;
-/// for step in 0..steps {
-///     let grads = GradientsParams::from_grads(loss(&model, &batch).backward(), &model);
-///     model = optim.step(lr, model, grads);
-///     if optim.refresh_due(step + 1) {
-///         let ghat = sampled_label_gradients(&model, &fresh_batch);
-///         model = optim.refresh(model, ghat); // weights bit-identical, `h` refreshed
-///     }
-/// }
-/// ```
-#[derive(Clone)]
-pub struct SophiaOptimizer {
-    optim: ModuleOptimizer,
-    sophia: Sophia,
-}
-
-impl SophiaOptimizer {
-    /// Optimize every parameter of a module with `sophia`.
-    pub fn new(sophia: Sophia) -> Self {
-        Self { optim: ModuleOptimizer::from(sophia.clone()), sophia }
-    }
-
-    /// Use another weight decay for the parameters of `group` (e.g. none for biases and
-    /// LayerNorm gains); everything else, the control handle included, is shared. See
-    /// [`ModuleOptimizer::with_group`] for how groups match.
-    pub fn with_weight_decay_group(mut self, group: ParamGroup, weight_decay: f64) -> Result<Self, ConfigError> {
-        Validator::new("Sophia").non_negative("weight_decay", weight_decay)?;
-        let sophia = Sophia { weight_decay, ..self.sophia.clone() };
-        self.optim = self.optim.with_group(group, sophia, None);
-        Ok(self)
-    }
-
-    /// Take one update step with the training gradients.
-    pub fn step<M: Module>(&mut self, lr: impl Into<ModuleLearningRate>, module: M, grads: GradientsParams) -> M {
-        self.optim.step(lr, module, grads)
-    }
-
-    /// Refresh the Hessian EMA from a diagonal Hessian estimate; see
-    /// [`SophiaControl::refresh`]. Every weight comes back bit-identical.
-    pub fn refresh<M: Module>(&mut self, module: M, estimate: GradientsParams) -> M {
-        self.sophia.control.refresh(&mut self.optim, module, estimate)
-    }
-
-    /// Whether a refresh is due before the next update; see [`Sophia::refresh_due`].
-    pub fn refresh_due(&self, updates_taken: usize) -> bool {
-        self.sophia.refresh_due(updates_taken)
-    }
-
-    /// The switch and statistics handle.
-    pub fn control(&self) -> &SophiaControl {
-        &self.sophia.control
-    }
-
-    /// Statistics for logging; see [`SophiaControl::stats`].
-    pub fn stats(&self) -> SophiaStats {
-        self.sophia.control.stats()
-    }
-
-    /// The Hessian estimator (SophiaG or SophiaH) and its constants.
-    pub fn estimator(&self) -> HessianEstimator {
-        self.sophia.estimator
-    }
-
-    /// The module optimizer and the control handle, e.g. to hand the optimizer to a `Learner`
-    /// and keep the handle for the refreshes.
-    pub fn into_parts(self) -> (ModuleOptimizer, SophiaControl) {
-        (self.optim, self.sophia.control)
-    }
-
-    /// The optimizer state as a Burn record.
-    pub fn to_record(&self) -> OptimizerRecord {
-        self.optim.to_record()
-    }
-
-    /// Restore the optimizer state from a Burn record.
-    pub fn load_record(mut self, record: OptimizerRecord) -> Self {
-        self.optim = self.optim.load_record(record);
-        self.restore_hessian_stats();
-        self
-    }
-
-    /// Serialize the optimizer state (burnpack bytes).
-    pub fn into_bytes(&self) -> Result<Bytes, RecordError> {
-        self.optim.into_bytes()
-    }
-
-    /// Restore the optimizer state from burnpack bytes.
-    pub fn from_bytes(mut self, bytes: Bytes) -> Result<Self, RecordError> {
-        self.optim = self.optim.from_bytes(bytes)?;
-        self.restore_hessian_stats();
-        Ok(self)
-    }
-
-    /// After a load, let the Hessian statistics describe the loaded `h`, as they described it
-    /// after the refresh that produced it. An all-zero `h` means no refresh ran yet.
-    fn restore_hessian_stats(&self) {
-        let Ok(bytes) = self.optim.to_record().into_bytes() else { return };
-        let Ok(reader) = burn_pack::Reader::from_bytes(bytes) else { return };
-        let device = Device::default();
-        let hessians: Vec<Tensor<1>> = reader
-            .tensor_names()
-            .into_iter()
-            .filter(|name| name.ends_with(".hessian"))
-            .filter_map(|name| reader.tensor_data(name).ok())
-            .map(|bytes| bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect::<Vec<f32>>())
-            .map(|values| {
-                let len = values.len();
-                Tensor::from_data(TensorData::new(values, [len]), &device)
-            })
-            .collect();
-        let refreshed = hessians.iter().any(|h| h.clone().abs().max().into_scalar::<f32>() > 0.0);
-        if refreshed {
-            self.sophia.control.restore_hessians(hessians);
         }
     }
 }

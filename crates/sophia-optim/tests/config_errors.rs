@@ -25,6 +25,9 @@ fn sophia_g_rejects_each_bad_field() {
     assert_rejects(ok().with_epsilon(-1e-15).validate(), "epsilon", "-0.000000000000001");
     assert_rejects(ok().with_weight_decay(-0.1).validate(), "weight_decay", "-0.1");
     assert_rejects(ok().with_hessian_interval(0).validate(), "hessian_interval", "0");
+    assert_rejects(ok().with_refresh_grad_clip(Some(0.0)).validate(), "refresh_grad_clip", "0");
+    assert_rejects(ok().with_refresh_grad_clip(Some(f64::NAN)).validate(), "refresh_grad_clip", "NaN");
+    assert!(ok().with_refresh_grad_clip(None).validate().is_ok());
     assert!(ok().with_rho(-1.0).try_init().is_err());
 }
 

@@ -13,7 +13,8 @@ use serde::Deserialize;
 use serde_json::Value;
 use sophia_golden::{GoldenTensor, RecordedState, Tolerance, load};
 use sophia_optim::{
-    GlobalNormClip, SophiaGConfig, SophiaHConfig, SophiaOptimizer, TigerConfig, WarmupCosineConfig,
+    GlobalNormClip, HessianEstimator, Refresh, SophiaGConfig, SophiaHConfig, SophiaOptimizer, TigerConfig,
+    WarmupCosineConfig,
 };
 
 const STATE_TOL: Tolerance = Tolerance::new(1e-5, 1e-6);
@@ -188,6 +189,8 @@ fn driver(family: &str, first: &OptimizerStep, k: Option<usize>) -> Driver {
                 .with_rho(h("rho"))
                 .with_weight_decay(h("weight_decay"))
                 .with_hessian_interval(k.expect("sophia files give hessian_refresh_every_k_updates"))
+                // The reference folds ĝ in as given.
+                .with_refresh_grad_clip(None)
                 .try_init()
                 .unwrap(),
         ),
@@ -265,6 +268,32 @@ fn check_state(
     }
 }
 
+/// The refresh input of a `hessian` step: `ĝ` (SophiaG) or `u ⊙ (H u)` (SophiaH).
+fn refresh_input(step: &OptimizerStep) -> Vec<GoldenTensor> {
+    step.inputs.get("ghat").cloned().unwrap_or_else(|| {
+        let (u, hv) = (&step.inputs["u"], &step.inputs["hv"]);
+        u.iter()
+            .zip(hv)
+            .map(|(u, hv)| GoldenTensor { shape: u.shape.clone(), data: u.data.iter().zip(&hv.data).map(|(a, b)| a * b).collect() })
+            .collect()
+    })
+}
+
+/// Hands out the one estimate a file step provides and records whether Sophia asked for it.
+struct GoldenEstimate {
+    estimate: Option<GradientsParams>,
+    asked: bool,
+}
+
+impl HessianEstimator<Tensors> for GoldenEstimate {
+    type Error = String;
+
+    fn estimate(&mut self, _: &Tensors, _: Refresh) -> Result<GradientsParams, String> {
+        self.asked = true;
+        self.estimate.take().ok_or_else(|| "Sophia refreshed where the reference does not".to_string())
+    }
+}
+
 fn run_optimizer_file(file: &str) {
     let golden: OptimizerFile = load(file);
     let family_spec = family(&golden.family);
@@ -280,50 +309,50 @@ fn run_optimizer_file(file: &str) {
         let mut params = CaseTensors::new(&theta0);
         let first = case.steps.first().expect("a case has steps");
         let mut optim = driver(&golden.family, first, golden.hessian_refresh_every_k_updates);
-        let mut updates = 0usize;
-        let mut refreshed_at = None;
 
-        for (n, step) in case.steps.iter().enumerate() {
+        let mut n = 0;
+        while n < case.steps.len() {
+            let step = &case.steps[n];
             let what = format!("{file} case `{}` step {n} ({})", case.name, step.kind);
             for (key, value) in &step.hyper {
                 if key != "lr" {
                     assert_eq!(*value, hyper(first, key), "{what}: only `lr` may change between steps");
                 }
             }
+            let next = case.steps.get(n + 1);
             match (&mut optim, step.kind.as_str()) {
                 (Driver::Sophia(o), kind) => {
-                    // Our schedule must put the refreshes where the reference's loop does.
-                    let due = o.refresh_due(updates) && refreshed_at != Some(updates);
-                    assert_eq!(due, kind == "hessian", "{what}: refresh_due disagrees with the reference");
-                    if kind == "hessian" {
-                        let input = step.inputs.get("ghat").cloned().unwrap_or_else(|| {
-                            // SophiaH refreshes from u ⊙ (H u).
-                            let u = &step.inputs["u"];
-                            let hv = &step.inputs["hv"];
-                            u.iter()
-                                .zip(hv)
-                                .map(|(u, hv)| GoldenTensor {
-                                    shape: u.shape.clone(),
-                                    data: u.data.iter().zip(&hv.data).map(|(a, b)| a * b).collect(),
-                                })
-                                .collect()
-                        });
-                        let before = params.values();
-                        let grads = params.grads(&input);
-                        params.module = o.refresh(params.module, grads);
-                        assert_eq!(params.values(), before, "{what}: a refresh changed weights");
-                        refreshed_at = Some(updates);
-                    } else {
-                        o.control().collect_win_rate(true);
-                        let grads = params.grads(&step.inputs["grad"]);
-                        params.module = o.step(hyper(step, "lr"), params.module, grads);
-                        updates += 1;
-                        let stats = o.stats();
-                        if let (Some(want), Some(total)) = (step.win_count, step.num_elements) {
-                            let got = (stats.win_rate.expect("win rate collected") * total as f64).round() as usize;
-                            assert_eq!(got, want, "{what}: win count");
+                    // One Sophia step is the update plus the refresh the reference puts right
+                    // before it (SophiaH) or right after it (SophiaG): the optimizer's own
+                    // schedule must ask for the estimate exactly there.
+                    let (update, refresh) = match (kind, next.map(|s| s.kind.as_str())) {
+                        ("hessian", Some("update")) => (n + 1, Some(n)),
+                        ("update", Some("hessian")) if golden.family == "sophia_g" => (n, Some(n + 1)),
+                        ("update", _) => (n, None),
+                        _ => {
+                            // A refresh with no update beside it: refresh directly.
+                            let before = params.values();
+                            let grads = params.grads(&refresh_input(step));
+                            params.module = o.refresh(params.module, grads).unwrap();
+                            assert_eq!(params.values(), before, "{what}: a refresh changed weights");
+                            check_state(&what, &family_spec, &params, &RecordedState::read(optim.record()), &step.expected);
+                            n += 1;
+                            continue;
                         }
+                    };
+                    let mut estimator = GoldenEstimate { estimate: refresh.map(|r| params.grads(&refresh_input(&case.steps[r]))), asked: false };
+                    o.control().collect_win_rate(true);
+                    let grads = params.grads(&case.steps[update].inputs["grad"]);
+                    params.module = o.step(hyper(&case.steps[update], "lr"), params.module, grads, &mut estimator).unwrap_or_else(|e| panic!("{what}: {e}"));
+                    assert_eq!(estimator.asked, refresh.is_some(), "{what}: the schedule disagrees with the reference about the refresh");
+                    let done = &case.steps[update.max(refresh.unwrap_or(0))];
+                    if let (Some(want), Some(total)) = (case.steps[update].win_count, case.steps[update].num_elements) {
+                        let got = (o.stats().win_rate.expect("win rate collected") * total as f64).round() as usize;
+                        assert_eq!(got, want, "{what}: win count");
                     }
+                    check_state(&what, &family_spec, &params, &RecordedState::read(optim.record()), &done.expected);
+                    n += if refresh.is_some() { 2 } else { 1 };
+                    continue;
                 }
                 (Driver::Plain(o), "update") => {
                     let grads = params.grads(&step.inputs["grad"]);
@@ -332,6 +361,7 @@ fn run_optimizer_file(file: &str) {
                 (_, kind) => panic!("{what}: unexpected step kind `{kind}`"),
             }
             check_state(&what, &family_spec, &params, &RecordedState::read(optim.record()), &step.expected);
+            n += 1;
         }
     }
 }

@@ -6,7 +6,9 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 use proptest::prelude::*;
 use sophia_optim::hutchinson::{hessian_vector_product, rademacher};
-use sophia_optim::{Hutchinson, SophiaGConfig, SophiaHConfig, SophiaOptimizer};
+use std::convert::Infallible;
+
+use sophia_optim::{EstimateFn, Hutchinson, Refresh, RefreshError, RefreshMismatch, SophiaGConfig, SophiaHConfig, SophiaOptimizer};
 
 #[derive(Module, Debug)]
 struct Vector {
@@ -45,7 +47,23 @@ fn inputs() -> impl Strategy<Value = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>)> {
 }
 
 fn sophia_g() -> SophiaOptimizer {
-    SophiaGConfig::new(64).with_hessian_interval(2).try_init().unwrap()
+    SophiaGConfig::new(64).with_hessian_interval(2).with_refresh_grad_clip(None).try_init().unwrap()
+}
+
+/// An estimator that always returns `values` as the estimate.
+fn fixed(values: &[f32]) -> impl sophia_optim::HessianEstimator<Vector, Error = Infallible> + '_ {
+    EstimateFn(move |m: &Vector, _: Refresh| Ok::<_, Infallible>(grads(m, values)))
+}
+
+/// One Sophia step with gradient `g`, refreshing from `estimate` where the schedule says.
+fn step(optim: &mut SophiaOptimizer, lr: f64, module: Vector, g: &[f32], estimate: &[f32]) -> Vector {
+    let g = grads(&module, g);
+    optim.step(lr, module, g, &mut fixed(estimate)).unwrap()
+}
+
+/// An update with an interval so long that no refresh comes due.
+fn never() -> usize {
+    usize::MAX
 }
 
 proptest! {
@@ -55,12 +73,10 @@ proptest! {
     #[test]
     fn refresh_leaves_weights_bit_identical((w, g1, ghat, _) in inputs()) {
         for mut optim in [sophia_g(), SophiaHConfig::new().try_init().unwrap()] {
-            let module = vector(&w);
-            let g = grads(&module, &g1);
-            let module = optim.step(0.01, module, g);
+            let module = step(&mut optim, 0.01, vector(&w), &g1, &ghat);
             let before = bits(&values(&module));
             let h = grads(&module, &ghat);
-            let module = optim.refresh(module, h);
+            let module = optim.refresh(module, h).unwrap();
             prop_assert_eq!(bits(&values(&module)), before);
         }
     }
@@ -69,14 +85,13 @@ proptest! {
     #[test]
     fn step_is_bounded_by_lr_plus_decay((w, g1, ghat, g2) in inputs(), lr in 1e-4f64..0.5) {
         let weight_decay = 0.1;
-        let mut optim = SophiaGConfig::new(8).with_weight_decay(weight_decay).try_init().unwrap();
+        let mut optim = SophiaGConfig::new(8).with_weight_decay(weight_decay).with_hessian_interval(1).try_init().unwrap();
         let mut module = vector(&w);
         let h = grads(&module, &ghat);
-        module = optim.refresh(module, h);
+        module = optim.refresh(module, h).unwrap();
         for g in [&g1, &g2] {
             let before = values(&module);
-            let g = grads(&module, g);
-            module = optim.step(lr, module, g);
+            module = step(&mut optim, lr, module, g, &ghat);
             for (&after, &before) in values(&module).iter().zip(&before) {
                 let bound = lr * (1.0 + weight_decay * before.abs() as f64);
                 let slack = 4.0 * f32::EPSILON as f64 * (before.abs() as f64 + lr);
@@ -89,10 +104,8 @@ proptest! {
     /// With h = 0 the update is the sign step θ·(1 − lr·λ) − lr·sign(m).
     #[test]
     fn zero_hessian_gives_sign_step((w, g, _, _) in inputs(), lr in 1e-4f64..0.5) {
-        let mut optim = SophiaGConfig::new(8).try_init().unwrap();
-        let module = vector(&w);
-        let g_params = grads(&module, &g);
-        let module = optim.step(lr, module, g_params);
+        let mut optim = SophiaGConfig::new(8).with_hessian_interval(never()).try_init().unwrap();
+        let module = step(&mut optim, lr, vector(&w), &g, &g);
         for ((&after, &before), &g) in values(&module).iter().zip(&w).zip(&g) {
             let decayed = (before as f64) * (1.0 - lr * 0.1);
             let expected = decayed - lr * (g as f64).signum() * if g == 0.0 { 0.0 } else { 1.0 };
@@ -103,19 +116,22 @@ proptest! {
     /// Save → load → step equals the uninterrupted step, bit for bit.
     #[test]
     fn resume_from_checkpoint_is_bit_exact((w, g1, ghat, g2) in inputs()) {
+        // Interval 2: a refresh after the second update; the resumed optimizer must refresh after
+        // the fourth, exactly as the uninterrupted one.
         let mut original = sophia_g();
         let mut module = vector(&w);
-        for (lr, input, refresh) in [(0.02, &g1, false), (0.0, &ghat, true), (0.02, &g2, false)] {
-            let g = grads(&module, input);
-            module = if refresh { original.refresh(module, g) } else { original.step(lr, module, g) };
+        for g in [&g1, &g2, &g1] {
+            module = step(&mut original, 0.02, module, g, &ghat);
         }
 
         let bytes = original.into_bytes().unwrap();
         let mut restored = sophia_g().from_bytes(bytes).unwrap();
+        prop_assert_eq!(restored.stats().hessian_mean, original.stats().hessian_mean);
 
-        let expected = original.step(0.01, module.clone(), grads(&module, &g1));
-        let actual = restored.step(0.01, module.clone(), grads(&module, &g1));
+        let expected = step(&mut original, 0.01, module.clone(), &g2, &g1);
+        let actual = step(&mut restored, 0.01, module.clone(), &g2, &g1);
         prop_assert_eq!(bits(&values(&actual)), bits(&values(&expected)));
+        prop_assert_eq!(restored.stats().refreshes, 1);
         let state = |o: &SophiaOptimizer| o.into_bytes().unwrap().to_vec();
         prop_assert_eq!(state(&restored), state(&original));
     }
@@ -123,15 +139,14 @@ proptest! {
 
 #[test]
 fn stats_report_win_rate_and_hessian() {
-    let mut optim = SophiaGConfig::new(1).with_rho(1.0).try_init().unwrap();
+    let mut optim = SophiaGConfig::new(1).with_rho(1.0).with_refresh_grad_clip(None).with_hessian_interval(never()).try_init().unwrap();
     let module = vector(&[0.0; 4]);
     // h = (1 − β₂)·ĝ² = 0.01·[0, 1, 100, 10000]
     let h = grads(&module, &[0.0, 1.0, 10.0, 100.0]);
-    let module = optim.refresh(module, h);
+    let module = optim.refresh(module, h).unwrap();
     optim.control().collect_win_rate(true);
     // m = (1 − β₁)·g = 0.035·100 = 3.5
-    let g = grads(&module, &[100.0; 4]);
-    let _ = optim.step(0.0, module, g);
+    let _ = step(&mut optim, 0.0, module, &[100.0; 4], &[0.0; 4]);
     let stats = optim.stats();
     // |m| / (h + ε) = 3.5 / [1e-15, 0.01, 1, 100] → not clipped only where h = 100.
     assert_eq!(stats.win_rate, Some(0.25));
@@ -147,13 +162,13 @@ fn stats_report_win_rate_and_hessian() {
 // Hessian-vector products.
 
 /// f(w) = ½ wᵀ A w + Σ w⁴/4, gradient A w + w³, Hessian A + diag(3 w²).
-fn gradient_of_test_function(a: &Tensor<2>) -> impl Fn(&Vector) -> GradientsParams + '_ {
+fn gradient_of_test_function(a: &Tensor<2>) -> impl Fn(&Vector) -> Result<GradientsParams, Infallible> + '_ {
     move |module: &Vector| {
         let w = module.w.val();
         let n = w.dims()[0];
         let quadratic = w.clone().reshape([1, n]).matmul(a.clone().to_device(&w.device())).matmul(w.clone().reshape([n, 1]));
         let loss = quadratic.reshape([1]).mul_scalar(0.5) + w.powi_scalar(4).sum().div_scalar(4.0);
-        GradientsParams::from_grads(loss.backward(), module)
+        Ok(GradientsParams::from_grads(loss.backward(), module))
     }
 }
 
@@ -165,7 +180,7 @@ fn hessian_vector_product_matches_the_analytic_hessian() {
     let module = vector(&w);
     let u = [1.0f32, -1.0, 1.0];
     let direction = grads(&module, &u);
-    let hv = hessian_vector_product(&module, &direction, 1e-2, gradient_of_test_function(&a));
+    let hv = hessian_vector_product(&module, &direction, 1e-2, gradient_of_test_function(&a)).unwrap();
     let got = hv.get::<1>(module.w.id).unwrap().into_data().try_to_vec::<f32>().unwrap();
     // (A + diag(3 w²)) u
     let a_rows = [[2.0f64, 0.5, 0.0], [0.5, -1.0, 0.3], [0.0, 0.3, 4.0]];
@@ -187,7 +202,7 @@ fn hutchinson_estimate_is_unbiased_for_the_diagonal() {
     let draws = 200;
     let mut mean = [0.0f64; 3];
     for draw in 0..draws {
-        let estimate = hutchinson.estimate(&module, draw, gradient_of_test_function(&a));
+        let estimate = hutchinson.estimate(&module, draw, gradient_of_test_function(&a)).unwrap();
         let values = estimate.get::<1>(module.w.id).unwrap().into_data().try_to_vec::<f32>().unwrap();
         for i in 0..3 {
             mean[i] += values[i] as f64 / draws as f64;
@@ -205,3 +220,74 @@ fn hutchinson_estimate_is_unbiased_for_the_diagonal() {
     assert_eq!(once, again);
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// The schedule the optimizer owns, and loud failures.
+
+/// The updates (counted from 0) whose refresh the optimizer asked for, over `updates` steps.
+fn asked_for(mut optim: SophiaOptimizer, updates: usize) -> Vec<usize> {
+    let mut asked = Vec::new();
+    let mut module = vector(&[1.0, -2.0]);
+    for _ in 0..updates {
+        let g = grads(&module, &[0.5, 0.25]);
+        let mut estimator = EstimateFn(|m: &Vector, refresh: Refresh| {
+            asked.push(refresh.update);
+            Ok::<_, Infallible>(grads(m, &[1.0, 1.0]))
+        });
+        module = optim.step(0.01, module, g, &mut estimator).unwrap();
+    }
+    asked
+}
+
+#[test]
+fn sophia_g_refreshes_after_every_kth_update_and_sophia_h_before() {
+    assert_eq!(asked_for(SophiaGConfig::new(8).with_hessian_interval(3).try_init().unwrap(), 10), vec![2, 5, 8]);
+    assert_eq!(asked_for(SophiaHConfig::new().with_hessian_interval(3).try_init().unwrap(), 10), vec![0, 3, 6, 9]);
+}
+
+#[test]
+fn the_refresh_clips_the_estimate_to_its_global_norm() {
+    // ĝ = [30, 40] has norm 50; clipped to norm 1 it is [0.6, 0.8] (up to clip_grad_norm_'s 1e-6).
+    let mut optim = SophiaGConfig::new(8).with_beta_2(0.0).try_init().unwrap();
+    let module = optim.refresh(vector(&[0.0, 0.0]), grads(&vector(&[0.0, 0.0]), &[30.0, 40.0]));
+    // The estimate above was keyed by another module's parameter: refused, not ignored.
+    assert!(matches!(module, Err(RefreshMismatch::ForeignParameters { given: 1, refreshed: 0 })), "{:?}", module.err());
+    let module = vector(&[0.0, 0.0]);
+    let estimate = grads(&module, &[30.0, 40.0]);
+    let _ = optim.refresh(module, estimate).unwrap();
+    let mean = optim.stats().hessian_mean.unwrap();
+    assert!((mean - (0.36 + 0.64) / 2.0).abs() < 1e-5, "mean h {mean}");
+}
+
+#[test]
+fn an_estimate_missing_trained_parameters_is_an_error() {
+    #[derive(Module, Debug)]
+    struct Two {
+        a: Param<Tensor<1>>,
+        b: Param<Tensor<1>>,
+    }
+    let two = Two { a: Param::from_data(TensorData::from([1.0f32]), &device()), b: Param::from_data(TensorData::from([2.0f32]), &device()) };
+    let only_a = |m: &Two| {
+        let mut g = GradientsParams::new();
+        g.register(m.a.id, Tensor::<1>::from_data(TensorData::from([1.0f32]), &Device::flex()));
+        g
+    };
+    let both = |m: &Two| {
+        let mut g = only_a(m);
+        g.register(m.b.id, Tensor::<1>::from_data(TensorData::from([1.0f32]), &Device::flex()));
+        g
+    };
+    let mut optim = SophiaGConfig::new(8).with_hessian_interval(1).try_init().unwrap();
+    let grads = both(&two);
+    let result = optim.step(0.01, two, grads, &mut EstimateFn(|m: &Two, _| Ok::<_, Infallible>(only_a(m))));
+    assert!(matches!(result, Err(RefreshError::Mismatch(RefreshMismatch::Incomplete { refreshed: 1, updated: 2 }))), "{:?}", result.err());
+}
+
+#[test]
+#[should_panic(expected = "outside SophiaControl::step")]
+fn a_plain_module_optimizer_step_is_refused() {
+    let (mut optim, _) = SophiaGConfig::new(8).try_init().unwrap().into_parts();
+    let module = vector(&[1.0]);
+    let g = grads(&module, &[1.0]);
+    let _ = optim.step(0.01, module, g);
+}

@@ -1,22 +1,22 @@
 //! Train the GPT-2 with Burn's own `Learner` and SophiaG, on one device or data-parallel.
 //!
 //! Burn's `Learner` owns a `ModuleOptimizer` and calls it once per iteration with the gradients
-//! the model's `TrainStep` returns. Sophia's Hessian refresh goes through the same optimizer,
-//! driven by a [`LearnerRefresh`] that the model's clones share:
+//! the model's `TrainStep` returns. Sophia's update and Hessian refresh go through the same
+//! function the training loop uses, driven by a [`LearnerRefresh`] that the model's clones share:
 //!
-//! - `TrainStep::step` computes the training gradients and, before every `k`-th optimizer step,
-//!   also stages the sampled-label gradient `ĝ` on the same inputs;
-//! - `TrainStep::optimize` (overridden) takes the update, then refreshes Sophia's `h` from the
-//!   staged `ĝ` through `SophiaControl::refresh` on the Learner's optimizer;
+//! - `TrainStep::step` computes the training gradients and stages its inputs (a tensor handle);
+//! - `TrainStep::optimize` (overridden) clips the gradients to global norm 1, as the training loop
+//!   does, and hands the step to Sophia, which refreshes its `h` every `k` updates from the
+//!   sampled-label gradient on the staged inputs, at the updated weights;
 //! - a `WinRate` metric reads Sophia's statistics into Burn's metric system;
 //! - Burn's default checkpointers save model, optimizer and scheduler.
 //!
 //! With `DEVICES` > 1 the run uses Burn's multi-device strategy (`ExecutionStrategy::multi`,
 //! optimizer on the main device): each device trains on its own slice of the data, Burn sums
-//! the gradients, and the refresh sees the mean of the devices' `ĝ` (see
-//! `sophia_gpt2::learner`). Sophia's `bs` counts the tokens of all devices. On the CPU the
-//! devices are worker threads sharing the `flex` device; on a machine with several GPUs, list
-//! `Device::cuda(0)`, `Device::cuda(1)`, ... instead.
+//! the gradients, and the refresh sees the global batch (see `sophia_train::learner`). Sophia's
+//! `bs` counts the tokens of all devices. On the CPU the devices are worker threads sharing the
+//! `flex` device; on a machine with several GPUs, list `Device::cuda(0)`, `Device::cuda(1)`, ...
+//! instead.
 //!
 //! ```text
 //! cargo run -p sophia-examples --bin learner_gpt2 -- [DATA] [STEPS] [OUT_DIR] [DEVICES]
@@ -39,15 +39,20 @@ use burn::tensor::{Device, Int, Tensor, TensorData, TensorReadError};
 use burn::train::metric::state::{FormatOptions, NumericMetricState};
 use burn::train::metric::{LossMetric, Metric, MetricAttributes, MetricMetadata, MetricName, Numeric, NumericAttributes, NumericEntry, SerializedEntry};
 use burn::train::{ClassificationOutput, ExecutionStrategy, InferenceStep, Learner, MultiDeviceOptim, SupervisedTraining, TrainOutput, TrainStep};
-use sophia_gpt2::data::{TokenFile, prepare};
-use sophia_gpt2::{Gpt2, Gpt2Config, LearnerRefresh, cross_entropy};
-use sophia_optim::{SophiaControl, SophiaGConfig, WarmupCosineConfig};
+use sophia_gpt2::{Gpt2, Gpt2Config, cross_entropy};
+use sophia_optim::{GlobalNormClip, SophiaControl, SophiaGConfig, WarmupCosineConfig};
+use sophia_train::data::{TokenFile, prepare};
+use sophia_train::learner::{LearnerRefresh, Parallel};
 
 /// Sequences per device and optimizer step.
 const BATCH: usize = 8;
 const BLOCK: usize = 32;
 /// Sophia's Hessian EMA coefficient `β₂` (shorter than the official 0.99 for short runs).
 const BETA_2: f64 = 0.95;
+/// Sophia's `ρ`.
+const RHO: f64 = 0.05;
+/// Peak and final learning rate of the warmup + cosine schedule.
+const LR: (f64, f64) = (3e-3, 3e-4);
 
 /// What the Learner trains: the GPT-2 plus the handle that drives Sophia's refreshes.
 #[derive(Module, Debug)]
@@ -55,6 +60,13 @@ struct SophiaGpt2 {
     gpt: Gpt2,
     #[module(skip)]
     refresh: LearnerRefresh,
+}
+
+/// The sampled-label estimator reads the GPT-2 inside the wrapper (same parameters).
+impl AsRef<Gpt2> for SophiaGpt2 {
+    fn as_ref(&self) -> &Gpt2 {
+        &self.gpt
+    }
 }
 
 /// `[BATCH, BLOCK]` inputs and next-token targets; `first` is the index of the first window,
@@ -82,12 +94,14 @@ impl TrainStep for SophiaGpt2 {
     fn step(&self, batch: TokenBatch) -> TrainOutput<ClassificationOutput> {
         let output = self.output(&batch);
         let grads = self.refresh.backward(output.loss.clone());
-        // ĝ on labels sampled from the model, applied after this step's update.
-        self.refresh.stage(&self.gpt, batch.inputs, batch.first).expect("batches are BLOCK tokens long");
+        // Kept for Sophia's refresh, should the coming optimizer step be one.
+        self.refresh.stage(batch.inputs, batch.first);
         TrainOutput::new(self, grads, output)
     }
 
     fn optimize(self, optim: &mut ModuleOptimizer, lr: ModuleLearningRate, grads: GradientsParams) -> Self {
+        // Global-norm clipping of the (summed) gradients, as the training loop clips them.
+        let (grads, _) = GlobalNormClip::new(1.0).expect("1 is a valid norm").clip(&self, grads);
         let refresh = self.refresh.clone();
         refresh.optimize(optim, self, lr, grads)
     }
@@ -193,6 +207,8 @@ struct Run {
     valid: Windows,
     /// Optimizer steps.
     steps: usize,
+    /// Sequences per device and step.
+    batch: usize,
     /// Optimizer steps between Hessian refreshes (SophiaG's `k`).
     interval: usize,
     devices: usize,
@@ -204,7 +220,6 @@ struct Run {
 struct Trained {
     gpt: Gpt2,
     control: SophiaControl,
-    refresh: LearnerRefresh,
 }
 
 /// The model a run starts from (the same for every run: seed 0).
@@ -218,21 +233,22 @@ fn train(run: Run) -> anyhow::Result<Trained> {
     let gpt = initial_model(&device)?;
 
     // Every device gets `steps` full batches: Burn sums what the devices return.
-    let per_step = BATCH * run.devices;
+    let per_step = run.batch * run.devices;
     let train_windows = run.train.len().min(run.steps * per_step) / per_step * per_step;
     anyhow::ensure!(train_windows > 0, "the training split holds {} windows of {BLOCK} tokens; {per_step} are needed for one step on {} device(s)", run.train.len(), run.devices);
     let valid_windows = run.valid.len().min(4 * BATCH);
     anyhow::ensure!(valid_windows > 0, "the validation split is shorter than one window of {BLOCK} tokens");
 
     // Sophia's `bs` counts the tokens of every device.
-    let tokens_per_step = run.devices * BATCH * BLOCK;
-    let sophia = SophiaGConfig::new(tokens_per_step).with_hessian_interval(run.interval).with_beta_2(BETA_2).try_init()?;
+    let tokens_per_step = run.devices * run.batch * BLOCK;
+    let sophia = SophiaGConfig::new(tokens_per_step).with_hessian_interval(run.interval).with_beta_2(BETA_2).with_rho(RHO).try_init()?;
     let (optim, control) = sophia.into_parts();
-    let refresh = LearnerRefresh::new(control.clone(), run.interval, run.devices, 0)?;
-    let schedule = WarmupCosineConfig::new(3e-3, run.steps / 10, run.steps).with_min_lr(3e-4).try_init()?;
+    // Each device back-propagates 1/devices of its loss, so Burn's sum is the global mean.
+    let refresh = LearnerRefresh::new(control.clone(), run.devices, Parallel::OneOptimizer, 0)?;
+    let schedule = WarmupCosineConfig::new(LR.0, run.steps / 10, run.steps).with_min_lr(LR.1).try_init()?;
     let model = SophiaGpt2 { gpt, refresh: refresh.clone() };
 
-    let train_loader = DataLoaderBuilder::new(WindowBatcher).batch_size(BATCH).set_device(device.clone());
+    let train_loader = DataLoaderBuilder::new(WindowBatcher).batch_size(run.batch).set_device(device.clone());
     let train_loader = if run.shuffle { train_loader.shuffle(0) } else { train_loader };
     let train_loader = train_loader.build(PartialDataset::new(run.train, 0, train_windows));
     let valid_loader = DataLoaderBuilder::new(WindowBatcher)
@@ -256,7 +272,7 @@ fn train(run: Run) -> anyhow::Result<Trained> {
     if let Some(error) = result.error {
         anyhow::bail!("training failed: {error}");
     }
-    Ok(Trained { gpt: result.model.gpt, control, refresh })
+    Ok(Trained { gpt: result.model.gpt, control })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -280,15 +296,17 @@ fn main() -> anyhow::Result<()> {
         train: Windows(Arc::new(prepared.train()?)),
         valid: Windows(Arc::new(prepared.val()?)),
         steps,
+        batch: BATCH,
         interval: 5,
         devices,
         shuffle: true,
         out_dir: out_dir.clone(),
     };
     let trained = train(run).context("the Learner run failed")?;
+    let device = trained.gpt.devices().into_iter().next().unwrap_or_default();
     println!(
         "trained {} optimizer steps on {devices} device(s) with {} Hessian refreshes; {} parameters; checkpoints in {}",
-        trained.refresh.steps(),
+        trained.control.updates_taken(&device),
         trained.control.refreshes(),
         trained.gpt.num_params(),
         out_dir.display()
@@ -298,9 +316,11 @@ fn main() -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use burn::optim::GradientsAccumulator;
-    use sophia_gpt2::{GPT2_VOCAB_SIZE, SampledLabelHessian};
-    use sophia_optim::global_norm;
+    use burn::optim::OptimizerRecord;
+    use sophia_golden::RecordedState;
+    use sophia_optim::Refresh;
+    use sophia_train::data::Batch;
+    use sophia_train::train::{DecaySelection, OptimizerConfig, RunOptimizer, SophiaGSettings, TrainConfig, TrainingStep};
 
     use super::*;
 
@@ -309,51 +329,103 @@ mod tests {
         let tokens: Vec<u16> = (0..windows * BLOCK + 1).map(|i| ((i * 7919 + 13) % 5000) as u16).collect();
         let path = dir.join(name);
         std::fs::write(&path, tokens.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
-        (Windows(Arc::new(TokenFile::open(&path, GPT2_VOCAB_SIZE).unwrap())), tokens.into_iter().map(i64::from).collect())
+        (Windows(Arc::new(TokenFile::open(&path, sophia_gpt2::GPT2_VOCAB_SIZE).unwrap())), tokens.into_iter().map(i64::from).collect())
     }
 
-    /// Inputs `[BATCH, BLOCK]` of the windows `first..first + BATCH`.
-    fn inputs(tokens: &[i64], first: usize, device: &Device) -> Tensor<2, Int> {
-        let ids: Vec<i64> = (first..first + BATCH).flat_map(|w| tokens[w * BLOCK..(w + 1) * BLOCK].iter().copied()).collect();
-        Tensor::from_data(TensorData::new(ids, [BATCH, BLOCK]), device)
-    }
-
-    /// One optimizer step on two devices through Burn's multi-device strategy, refreshing after
-    /// it: Sophia's `h` must be `(1 − β₂) ĝ²` of the mean of the two devices' sampled-label
-    /// gradients, recomputed here on one device from the initial model.
-    #[test]
-    fn two_devices_refresh_from_the_mean_of_their_sampled_label_gradients() {
-        let dir = std::env::temp_dir().join(format!("sophia-learner-multi-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (train_set, tokens) = token_file(&dir, "train.bin", 2 * BATCH);
-        let (valid, _) = token_file(&dir, "val.bin", BATCH);
-        let run = Run { train: train_set, valid, steps: 1, interval: 1, devices: 2, shuffle: false, out_dir: dir.join("run") };
-        let trained = train(run).unwrap();
-        assert_eq!((trained.refresh.steps(), trained.control.refreshes()), (1, 1));
-        let measured = trained.control.stats().hessian_mean.expect("one refresh ran");
-
-        // Burn's split gives the first half of the windows to device 0, the second to device 1.
-        let device = Device::flex().autodiff();
-        let gpt = initial_model(&device).unwrap();
-        let part = |first: usize| {
-            let draw = LearnerRefresh::draw(0, first as u64);
-            SampledLabelHessian::new(0).gradients(&gpt, inputs(&tokens, first, &device), draw).unwrap().grads
-        };
-        let (first, second) = (part(0), part(BATCH));
-        let squared_norm = |grads: &GradientsParams| global_norm(&gpt, grads).total_norm.powi(2);
-        let one_device = squared_norm(&first);
-        let mut sum = GradientsAccumulator::new();
-        sum.accumulate(&gpt, first);
-        sum.accumulate(&gpt, second);
-        let sum_squared = squared_norm(&sum.grads());
-        let h_mean = |squared: f64| (1.0 - BETA_2) * squared / gpt.num_params() as f64;
-
-        let expected = h_mean(sum_squared / 4.0);
-        assert!((measured - expected).abs() <= 1e-4 * expected, "mean h {measured}, expected {expected} from the mean of both devices' ĝ");
-        // The alternatives a wrong reduction would give are far from it.
-        for (what, wrong) in [("the sum of both ĝ", h_mean(sum_squared)), ("one device's ĝ", h_mean(one_device))] {
-            assert!((measured - wrong).abs() > 0.05 * wrong, "mean h {measured} matches {what} ({wrong})");
+    /// The first step's batch, windows `0..sequences`, as the training loop takes batches.
+    fn batch(tokens: &[i64], sequences: usize) -> Batch {
+        let window = |w: usize, shift: usize| tokens[w * BLOCK + shift..(w + 1) * BLOCK + shift].to_vec();
+        Batch {
+            batch_size: sequences,
+            block_size: BLOCK,
+            inputs: (0..sequences).flat_map(|w| window(w, 0)).collect(),
+            targets: (0..sequences).flat_map(|w| window(w, 1)).collect(),
         }
+    }
+
+    /// Sophia's `h` per parameter, read from an optimizer record.
+    fn hessians(record: OptimizerRecord, model: &Gpt2) -> Vec<Vec<f32>> {
+        let state = RecordedState::read(record);
+        model.named_params().into_iter().map(|(_, id, shape)| state.tensor(id, "hessian", shape.iter().product())).collect()
+    }
+
+    /// One optimizer step with a refresh through Burn's Learner on `devices` devices of `batch`
+    /// sequences each; Sophia's `h` from the optimizer checkpoint the Learner wrote.
+    fn learner_h(dir: &Path, devices: usize, batch: usize) -> Vec<Vec<f32>> {
+        let (train_set, _) = token_file(dir, "train.bin", 2 * BATCH);
+        let (valid, _) = token_file(dir, "val.bin", BATCH);
+        let out_dir = dir.join(format!("learner-{devices}"));
+        let run = Run { train: train_set, valid, steps: 1, batch, interval: 1, devices, shuffle: false, out_dir: out_dir.clone() };
+        let trained = train(run).unwrap();
+        assert_eq!((trained.control.refreshes(), trained.control.updates_taken(&Device::flex())), (1, 1));
+        let record = OptimizerRecord::load(out_dir.join("checkpoint/optim-1.bpk")).unwrap();
+        hessians(record, &initial_model(&Device::flex().autodiff()).unwrap())
+    }
+
+    /// Every entry point to Sophia's refresh computes the same `h` from the same model, batch and
+    /// seed: the training loop's step, the benchmarks' step (the same function), Burn's
+    /// `Learner` on one device, and on two devices through Burn's multi-device strategy (up to
+    /// the order of the floating-point sums of the two devices' gradients); one device's share
+    /// of the batch gives a different `h`. (They share the optimizer's clipping of `ĝ` by
+    /// construction; `sophia-optim`'s tests check that clipping.)
+    #[test]
+    fn every_entry_point_refreshes_the_same_h() {
+        let dir = std::env::temp_dir().join(format!("sophia-learner-equal-h-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (_, tokens) = token_file(&dir, "tokens.bin", 2 * BATCH);
+        let device = Device::flex().autodiff();
+
+        // The training loop's step on the global batch (2·BATCH sequences), refreshing from the
+        // same batch, with the settings of the Learner example.
+        let config = TrainConfig {
+            model: Some(initial_model(&device).unwrap().config().clone()),
+            block_size: None,
+            batch_size: 2 * BATCH,
+            seed: 0,
+            weight_decay: 0.1,
+            decay: DecaySelection::All,
+            optimizer: OptimizerConfig::SophiaG(SophiaGSettings { beta2: BETA_2, rho: RHO, hessian_interval: 1, ..SophiaGSettings::default() }),
+            ..TrainConfig::default()
+        };
+        let lr = WarmupCosineConfig::new(LR.0, 0, 1).with_min_lr(LR.1).try_init().unwrap().lr_at(0);
+        let step = TrainingStep::new(&config, &device).unwrap();
+        let global = batch(&tokens, 2 * BATCH);
+        let refresh_batch = |_: Refresh| global.clone();
+        let loop_h = {
+            let model = initial_model(&device).unwrap();
+            let mut optimizer = RunOptimizer::new(&config, &model, 2 * BATCH * BLOCK).unwrap();
+            let mut estimator = step.estimator(&refresh_batch).unwrap();
+            step.run(model, &mut optimizer, lr, std::iter::once(global.clone()), estimator.as_mut()).unwrap();
+            hessians(optimizer.to_record(), &initial_model(&device).unwrap())
+        };
+        let bench_h = {
+            let model = initial_model(&device).unwrap();
+            let mut optimizer = RunOptimizer::new(&config, &model, 2 * BATCH * BLOCK).unwrap();
+            let mut estimator = step.estimator(&refresh_batch).unwrap();
+            sophia_bench::training_step(&step, model, &mut optimizer, lr, global.clone(), estimator.as_mut()).unwrap();
+            hessians(optimizer.to_record(), &initial_model(&device).unwrap())
+        };
+        assert!(loop_h.iter().flatten().any(|&h| h > 0.0), "the refresh ran");
+        assert_eq!(bench_h, loop_h, "the benchmark's step is the loop's");
+        assert_eq!(learner_h(&dir, 1, 2 * BATCH), loop_h, "Burn's Learner on one device refreshes as the loop does");
+
+        let multi = learner_h(&dir, 2, BATCH);
+        let close = |a: &[Vec<f32>], b: &[Vec<f32>], rtol: f32| {
+            a.iter().flatten().zip(b.iter().flatten()).all(|(&x, &y)| (x - y).abs() <= rtol * y.abs() + 1e-12)
+        };
+        assert!(close(&multi, &loop_h, 1e-3), "two devices refresh from the global batch");
+
+        // What a wrong reduction would give is far from it.
+        let half = {
+            let model = initial_model(&device).unwrap();
+            let mut optimizer = RunOptimizer::new(&config, &model, 2 * BATCH * BLOCK).unwrap();
+            let first_half = batch(&tokens, BATCH);
+            let refresh_half = |_: Refresh| first_half.clone();
+            let mut estimator = step.estimator(&refresh_half).unwrap();
+            step.run(model, &mut optimizer, lr, std::iter::once(global.clone()), estimator.as_mut()).unwrap();
+            hessians(optimizer.to_record(), &initial_model(&device).unwrap())
+        };
+        assert!(!close(&half, &loop_h, 0.05), "one device's share of the batch gives another h");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

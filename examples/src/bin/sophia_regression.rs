@@ -15,7 +15,7 @@ use burn::module::Module;
 use burn::nn::{Linear, LinearConfig, Relu};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Distribution, Tensor};
-use sophia_optim::{GlobalNormClip, SophiaGConfig, WarmupCosineConfig};
+use sophia_optim::{EstimateFn, GlobalNormClip, Refresh, SophiaGConfig, WarmupCosineConfig};
 
 #[derive(Module, Debug)]
 struct Mlp {
@@ -76,20 +76,19 @@ fn main() -> anyhow::Result<()> {
     let val_loss = |model: &Mlp| mse(model.forward(x_val.clone()), y_val.clone()).into_scalar::<f64>();
     println!("step {:>5}  val loss {:.5}", 0, val_loss(&model));
 
+    // Gauss-Newton-Bartlett for a Gaussian likelihood: labels sampled from N(f(x), 1) on a fresh
+    // batch; the optimizer asks for it every k updates, clips it and folds it into h.
+    let mut estimator = EstimateFn(|model: &Mlp, _: Refresh| {
+        let (x, _) = batch(batch_size, &device);
+        let prediction = model.forward(x);
+        let sampled = prediction.clone().detach() + prediction.random_like(Distribution::Normal(0.0, 1.0));
+        Ok::<_, std::convert::Infallible>(GradientsParams::from_grads(mse(prediction, sampled).backward(), model))
+    });
     for step in 0..steps {
         let (x, y) = batch(batch_size, &device);
         let loss = mse(model.forward(x), y);
         let (grads, _norm) = clip.clip(&model, GradientsParams::from_grads(loss.backward(), &model));
-        model = optim.step(schedule.lr_at(step), model, grads);
-
-        if optim.refresh_due(step + 1) {
-            // Gauss-Newton-Bartlett: labels sampled from the model's own likelihood N(f(x), 1).
-            let (x, _) = batch(batch_size, &device);
-            let prediction = model.forward(x);
-            let sampled = prediction.clone().detach() + prediction.random_like(Distribution::Normal(0.0, 1.0));
-            let ghat = GradientsParams::from_grads(mse(prediction, sampled).backward(), &model);
-            model = optim.refresh(model, ghat);
-        }
+        model = optim.step(schedule.lr_at(step), model, grads, &mut estimator)?;
         if (step + 1) % (steps / 10).max(1) == 0 {
             let stats = optim.stats();
             println!(

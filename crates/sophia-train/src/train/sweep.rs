@@ -7,14 +7,14 @@
 //! finished with the same config is read back instead of trained again. A point that diverges
 //! (NaN/Inf loss) is recorded as diverged, not as an error of the sweep.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use sophia_optim::ConfigError;
 
-use super::config::TrainConfig;
-use super::run::{RunOptions, TrainError, TrainSummary, train};
-use crate::data::write_atomic;
+use super::config::{OptimizerConfig, TrainConfig};
+use super::run::{RunOptions, TrainSummary, train};
+use crate::error::{TrainError, io_err};
 use crate::plot::{self, Panel, Series};
 
 /// The values tried per hyperparameter; an empty list keeps the base config's value.
@@ -37,8 +37,8 @@ pub struct SweepGrid {
 pub struct SweepSettings {
     /// Peak learning rate.
     pub lr: f64,
-    /// SophiaG's ρ.
-    pub rho: f64,
+    /// SophiaG's ρ (`None` for other optimizers).
+    pub rho: Option<f64>,
     /// Weight decay.
     pub weight_decay: f64,
     /// Sequences per micro-batch.
@@ -47,20 +47,32 @@ pub struct SweepSettings {
     pub warmup_steps: usize,
 }
 
+/// SophiaG's ρ in `config`, if it trains with SophiaG.
+fn rho_of(config: &TrainConfig) -> Option<f64> {
+    match &config.optimizer {
+        OptimizerConfig::SophiaG(s) => Some(s.rho),
+        _ => None,
+    }
+}
+
 /// Names of the swept axes, in grid order.
 const AXES: [&str; 5] = ["lr", "rho", "weight_decay", "batch_size", "warmup_steps"];
 
 impl SweepSettings {
     fn axis(&self, index: usize) -> f64 {
-        [self.lr, self.rho, self.weight_decay, self.batch_size as f64, self.warmup_steps as f64][index]
+        [self.lr, self.rho.unwrap_or(f64::NAN), self.weight_decay, self.batch_size as f64, self.warmup_steps as f64][index]
     }
 
     /// `base` with these settings; the run is named `name` and lives in `out_dir`.
     pub fn apply(&self, base: &TrainConfig) -> TrainConfig {
+        let mut optimizer = base.optimizer.clone();
+        if let (OptimizerConfig::SophiaG(s), Some(rho)) = (&mut optimizer, self.rho) {
+            s.rho = rho;
+        }
         TrainConfig {
             lr: self.lr,
             min_lr: base.min_lr * self.lr / base.lr,
-            rho: self.rho,
+            optimizer,
             weight_decay: self.weight_decay,
             batch_size: self.batch_size,
             warmup_steps: self.warmup_steps,
@@ -70,7 +82,8 @@ impl SweepSettings {
 
     /// A file-name-safe label, e.g. `lr3e-3_rho0.05_wd0.1_bs8_wu20`.
     pub fn label(&self) -> String {
-        format!("lr{:e}_rho{}_wd{}_bs{}_wu{}", self.lr, self.rho, self.weight_decay, self.batch_size, self.warmup_steps)
+        let rho = self.rho.map(|rho| format!("_rho{rho}")).unwrap_or_default();
+        format!("lr{:e}{rho}_wd{}_bs{}_wu{}", self.lr, self.weight_decay, self.batch_size, self.warmup_steps)
     }
 }
 
@@ -80,11 +93,12 @@ impl SweepGrid {
     pub fn points(&self, base: &TrainConfig) -> Vec<SweepSettings> {
         let or = |values: &[f64], default: f64| if values.is_empty() { vec![default] } else { values.to_vec() };
         let or_count = |values: &[usize], default: usize| if values.is_empty() { vec![default] } else { values.to_vec() };
+        let rhos: Vec<Option<f64>> = if self.rho.is_empty() { vec![rho_of(base)] } else { self.rho.iter().copied().map(Some).collect() };
         let mut points = Vec::new();
         for &warmup_steps in &or_count(&self.warmup_steps, base.warmup_steps) {
             for &batch_size in &or_count(&self.batch_size, base.batch_size) {
                 for &weight_decay in &or(&self.weight_decay, base.weight_decay) {
-                    for &rho in &or(&self.rho, base.rho) {
+                    for &rho in &rhos {
                         for &lr in &or(&self.lr, base.lr) {
                             points.push(SweepSettings { lr, rho, weight_decay, batch_size, warmup_steps });
                         }
@@ -97,13 +111,13 @@ impl SweepGrid {
 
     /// Check every point's config before any run starts, so a typo does not surface after an
     /// hour of training.
-    pub fn validate(&self, base: &TrainConfig) -> Result<(), String> {
+    pub fn validate(&self, base: &TrainConfig) -> Result<(), ConfigError> {
         let points = self.points(base);
-        if points.len() > 1000 {
-            return Err(format!("the grid has {} points; at most 1000 are allowed (use fewer values per axis)", points.len()));
-        }
+        let v = sophia_optim::Validator::new("sweep");
+        v.require(points.len() <= 1000, "grid", format!("{} points", points.len()), "at most 1000 points (use fewer values per axis)")?;
+        v.require(self.rho.is_empty() || rho_of(base).is_some(), "rho", format!("{:?}", self.rho), "a grid over rho only with --optimizer sophiag")?;
         for point in &points {
-            point.apply(base).validate().map_err(|e| format!("grid point {}: {e}", point.label()))?;
+            point.apply(base).validate()?;
         }
         Ok(())
     }
@@ -164,8 +178,8 @@ pub fn best_point(points: &[SweepPoint]) -> Option<usize> {
 /// Writes `sweep.json` after every point, and at the end `sweep.md`, `sweep.png`/`.svg` and
 /// `best.json`.
 pub fn sweep(base: &TrainConfig, grid: &SweepGrid, options: &RunOptions, progress: &mut dyn FnMut(&str)) -> Result<SweepReport, TrainError> {
-    base.validate().map_err(TrainError::Config)?;
-    grid.validate(base).map_err(TrainError::Config)?;
+    base.validate()?;
+    grid.validate(base)?;
     let dir = base.out_dir.join(&base.name);
     std::fs::create_dir_all(&dir).map_err(|source| TrainError::Io { path: dir.clone(), source })?;
     let settings = grid.points(base);
@@ -223,15 +237,14 @@ impl Previous {
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), TrainError> {
-    let text = serde_json::to_string_pretty(value).expect("sweep results serialize");
-    Ok(write_atomic(path, text.as_bytes())?)
+    crate::fs::write_json(path, value).map_err(io_err(path))
 }
 
 /// `sweep.md`, `sweep.png`/`.svg` and `best.json` in `dir`, from the report alone.
 pub fn write_results(report: &SweepReport, dir: &Path) -> Result<(), TrainError> {
     let table = dir.join("sweep.md");
-    std::fs::write(&table, markdown_table(report)).map_err(|source| TrainError::Io { path: table, source })?;
-    plot(report, &dir.join("sweep")).map_err(TrainError::Config)?;
+    crate::fs::write_atomic(&table, markdown_table(report).as_bytes()).map_err(io_err(&table))?;
+    plot(report, &dir.join("sweep"))?;
     if let Some(best) = report.best_config() {
         write_json(&dir.join("best.json"), &best)?;
     }
@@ -242,46 +255,56 @@ pub fn write_results(report: &SweepReport, dir: &Path) -> Result<(), TrainError>
 fn varied_axes(report: &SweepReport) -> Vec<usize> {
     (0..AXES.len())
         .filter(|&a| {
-            let first = report.points.first().map(|p| p.settings.axis(a));
-            report.points.iter().any(|p| Some(p.settings.axis(a)) != first)
+            let first = report.points.first().map(|p| p.settings.axis(a).to_bits());
+            report.points.iter().any(|p| Some(p.settings.axis(a).to_bits()) != first)
         })
         .collect()
 }
 
 /// A markdown table: one row per point, the best marked.
 pub fn markdown_table(report: &SweepReport) -> String {
-    let mut out = format!(
+    let header = format!(
         "Sweep over {} points: {} optimizer, preset {}, {} steps, seed {}.\n\n",
         report.points.len(),
-        report.base.optimizer,
+        report.base.optimizer.kind(),
         report.base.preset,
         report.base.max_steps,
         report.base.seed
     );
-    out.push_str("| | lr | rho | weight decay | batch | warmup | final val loss | best val loss | tokens/s | win rate |\n");
-    out.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
-    for (index, point) in report.points.iter().enumerate() {
-        let s = &point.settings;
-        let mark = if report.best == Some(index) { "**best**" } else { "" };
-        let _ = write!(out, "| {mark} | {:e} | {} | {} | {} | {} ", s.lr, s.rho, s.weight_decay, s.batch_size, s.warmup_steps);
-        let _ = match &point.summary {
-            Some(r) => writeln!(
-                out,
-                "| {:.4} | {:.4} | {:.0} | {} |",
-                r.final_val_loss,
-                r.best_val_loss,
-                r.tokens_per_sec,
-                r.final_win_rate.map_or("-".into(), |w| format!("{w:.3}"))
-            ),
-            None => writeln!(out, "| diverged | | | |"),
-        };
-    }
-    out
+    let rows: Vec<Vec<String>> = report
+        .points
+        .iter()
+        .enumerate()
+        .map(|(index, point)| {
+            let s = &point.settings;
+            let mark = if report.best == Some(index) { "**best**" } else { "" };
+            let mut row = vec![
+                mark.to_string(),
+                format!("{:e}", s.lr),
+                s.rho.map_or("-".into(), |rho| rho.to_string()),
+                s.weight_decay.to_string(),
+                s.batch_size.to_string(),
+                s.warmup_steps.to_string(),
+            ];
+            row.extend(match &point.summary {
+                Some(r) => [
+                    format!("{:.4}", r.final_val_loss),
+                    format!("{:.4}", r.best_val_loss),
+                    format!("{:.0}", r.tokens_per_sec),
+                    r.final_win_rate.map_or("-".into(), |w| format!("{w:.3}")),
+                ],
+                None => ["diverged".into(), String::new(), String::new(), String::new()],
+            });
+            row
+        })
+        .collect();
+    let columns = ["", "lr", "rho", "weight decay", "batch", "warmup", "final val loss", "best val loss", "tokens/s", "win rate"];
+    header + &crate::table::markdown(&columns, &rows)
 }
 
 /// Validation loss against the first varied axis (log scale for lr, ρ and weight decay), one
 /// line per combination of the other axes; diverged points are left out.
-pub fn plot(report: &SweepReport, stem: &Path) -> Result<(), String> {
+pub fn plot(report: &SweepReport, stem: &Path) -> Result<(), crate::plot::PlotError> {
     let varied = varied_axes(report);
     let x_axis = varied.first().copied().unwrap_or(0);
     let logarithmic = x_axis <= 2;
@@ -308,7 +331,7 @@ pub fn plot(report: &SweepReport, stem: &Path) -> Result<(), String> {
     }
     let name = AXES[x_axis];
     let panel = Panel {
-        title: format!("Sweep: {} ({}, {} steps)", report.base.optimizer, report.base.preset, report.base.max_steps),
+        title: format!("Sweep: {} ({}, {} steps)", report.base.optimizer.kind(), report.base.preset, report.base.max_steps),
         x_label: if logarithmic { format!("log10 {name}") } else { name.into() },
         y_label: "final val loss (nats)".into(),
         log_y: false,

@@ -1,5 +1,6 @@
 //! The training loop, top to bottom: data, model, optimizer, the step (with Sophia's Hessian
-//! refresh), evaluation, logging, checkpoints, plots and the summary.
+//! refresh inside the optimizer's own step), evaluation, logging, checkpoints, plots and the
+//! summary. [`TrainingStep`] is the step the loop runs, exposed so the benchmarks time it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -10,18 +11,16 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
-use sophia_optim::{GlobalNormClip, Hutchinson, WarmupCosineConfig, global_norm};
+use sophia_gpt2::{GenerateOptions, Gpt2, SampledLabels};
+use sophia_optim::{GlobalNormClip, GradNorm, Hutchinson, Refresh, WarmupCosineConfig, global_norm};
 
-use super::checkpoint::{CheckpointError, CheckpointState, Checkpoints};
-use super::config::{NonFinitePolicy, OptimizerKind, TrainConfig};
+use super::checkpoint::{CheckpointState, Checkpoints};
+use super::config::{NonFinitePolicy, OptimizerConfig, TrainConfig};
 use super::metrics::{self, MetricRecord, MetricsLog};
-use super::optimizer::RunOptimizer;
-use crate::data::{Batch, BatchSampler, DataError, Gpt2Tokenizer, TokenFile, prepare};
-use crate::generate::GenerateOptions;
-use crate::hessian::SampledLabelHessian;
-use crate::model::Gpt2;
+use super::optimizer::{RunEstimator, RunOptimizer};
+use crate::data::{Batch, BatchSampler, Gpt2Tokenizer, TokenFile, prepare};
+use crate::error::{TrainError, io_err};
 use crate::plot::{self, Panel, Series};
-use crate::ModelError;
 
 /// Batch streams: training, Hessian refresh and evaluation batches never share windows by
 /// construction, and each is a pure function of its index.
@@ -29,47 +28,6 @@ const STREAM_TRAIN: u64 = 0;
 const STREAM_HESSIAN: u64 = 1;
 const STREAM_EVAL_VAL: u64 = 2;
 const STREAM_EVAL_TRAIN: u64 = 3;
-
-/// Why a run stopped before its end.
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    /// A setting is invalid.
-    #[error("invalid training config: {0}")]
-    Config(String),
-    /// The corpus or token files.
-    #[error(transparent)]
-    Data(#[from] DataError),
-    /// The model.
-    #[error(transparent)]
-    Model(#[from] ModelError),
-    /// Checkpoints.
-    #[error(transparent)]
-    Checkpoint(#[from] CheckpointError),
-    /// Files of the run directory.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// The loss or gradient became NaN or infinite.
-    #[error("{what} is {value} at step {step}: training diverged. {checkpoint} Lower the learning rate, raise warmup, or set on_nonfinite = \"skip\".")]
-    NonFinite {
-        /// Step at which it happened.
-        step: usize,
-        /// Loss or gradient norm.
-        what: &'static str,
-        /// The value.
-        value: f64,
-        /// Where the last good checkpoint is.
-        checkpoint: String,
-    },
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io { path: path.to_path_buf(), source }
-}
 
 /// How a run is driven (not part of its config).
 #[derive(Debug, Clone, Default)]
@@ -117,16 +75,16 @@ pub struct TrainSummary {
 /// Train a GPT-2 as `config` says; see the module docs.
 pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<TrainSummary, TrainError> {
     // ---- Settings, device, data ---------------------------------------------------------
-    config.validate().map_err(TrainError::Config)?;
+    config.validate()?;
     let model_config = config.model_config()?;
-    let device: Device = config.backend.device().map_err(TrainError::Config)?.autodiff();
-    config.precision.check_device(&device).map_err(TrainError::Config)?;
+    let device: Device = config.backend.device()?.autodiff();
+    config.precision.check_device(&device)?;
     let say = |line: &str| eprintln!("{line}");
     let data = prepare(&config.data, &config.data_dir, config.val_fraction, &mut |line| say(line))?;
     let (train_tokens, val_tokens) = (data.train()?, data.val()?);
     let block = model_config.block_size;
     let sampler = BatchSampler::new(config.seed, config.batch_size, block);
-    let hessian_sampler = BatchSampler::new(config.seed, config.hessian_batch_size(), block);
+    let hessian_sampler = BatchSampler::new(config.seed, config.hessian_batch_size().unwrap_or(config.batch_size), block);
     sampler.check(&train_tokens, "train split")?;
     sampler.check(&val_tokens, "val split")?;
     let tokens_per_step = config.tokens_per_step(block);
@@ -135,40 +93,34 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<TrainSummary,
     let run_dir = config.out_dir.join(&config.name);
     let checkpoints = Checkpoints::new(&run_dir, config.keep_checkpoints);
     if !options.resume && run_dir.join("checkpoints").join("latest").exists() {
-        return Err(TrainError::Config(format!(
-            "{} already holds a run; pass --resume to continue it, or choose another --name",
-            run_dir.display()
-        )));
+        return Err(TrainError::RunExists(run_dir));
     }
-    std::fs::create_dir_all(&run_dir).map_err(io_err(&run_dir))?;
-    let config_path = run_dir.join("config.json");
-    std::fs::write(&config_path, serde_json::to_string_pretty(config).expect("config serializes")).map_err(io_err(&config_path))?;
-
     let mut model = Gpt2::new(&model_config, &device, config.seed)?.with_precision(config.precision);
-    let mut optimizer = RunOptimizer::new(config, &model, tokens_per_step).map_err(TrainError::Config)?;
+    let mut optimizer = RunOptimizer::new(config, &model, tokens_per_step)?;
     let (mut start, mut tokens, mut elapsed_before, mut refreshes_before) = (0, 0u64, 0.0, 0);
     if options.resume {
-        let (loaded, record, state) = checkpoints.load_latest(config, &model_config, &data.meta, model)?;
-        model = loaded;
-        optimizer = optimizer.load_record(record);
+        let resumed = checkpoints.load_latest(config, &model_config, &data.meta, model)?;
+        for skipped in &resumed.skipped {
+            say(&format!("skipping a checkpoint that does not verify: {skipped}"));
+        }
+        model = resumed.model;
+        optimizer = optimizer.load_record(resumed.optimizer).map_err(|e| super::CheckpointError::Optimizer(e.to_string()))?;
+        let state = resumed.state;
         (start, tokens, elapsed_before, refreshes_before) = (state.step, state.tokens, state.elapsed_secs, state.refreshes);
         say(&format!("resuming {} at step {start}", run_dir.display()));
     }
+    std::fs::create_dir_all(&run_dir).map_err(io_err(&run_dir))?;
+    let config_path = run_dir.join("config.json");
+    crate::fs::write_json(&config_path, config).map_err(io_err(&config_path))?;
     let log = MetricsLog::open(&run_dir, options.resume.then_some(start)).map_err(io_err(&run_dir))?;
-    let schedule = WarmupCosineConfig::new(config.lr, config.warmup_steps, config.max_steps)
-        .with_min_lr(config.min_lr)
-        .try_init()
-        .map_err(|e| TrainError::Config(e.to_string()))?;
-    let clip = (config.grad_clip > 0.0)
-        .then(|| GlobalNormClip::new(config.grad_clip))
-        .transpose()
-        .map_err(|e| TrainError::Config(e.to_string()))?;
-    let labels = SampledLabelHessian::new(config.seed);
-    let hutchinson = Hutchinson::new(config.hutchinson_epsilon, config.seed).map_err(|e| TrainError::Config(e.to_string()))?;
+    let schedule = WarmupCosineConfig::new(config.lr, config.warmup_steps, config.max_steps).with_min_lr(config.min_lr).try_init()?;
+    let step_fn = TrainingStep::new(config, &device)?;
+    let refresh_batch = |refresh: Refresh| hessian_sampler.batch(&train_tokens, STREAM_HESSIAN, refresh.update as u64);
+    let mut estimator = step_fn.estimator(&refresh_batch)?;
     say(&format!(
         "{} parameters, {} optimizer, {tokens_per_step} tokens/step, {} steps, backend {} ({}); unigram baseline {:.3}",
         model.num_params(),
-        config.optimizer,
+        config.optimizer.kind(),
         config.max_steps,
         config.backend,
         config.precision,
@@ -187,57 +139,26 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<TrainSummary,
         let logging = (step + 1) % config.log_interval == 0 || step + 1 == config.max_steps;
         optimizer.collect_stats(logging);
 
-        // SophiaH refreshes before the update (paper, Algorithm 3).
-        if config.optimizer == OptimizerKind::SophiaH
-            && let Some(sophia) = optimizer.sophia()
-            && sophia.refresh_due(step)
-        {
-            let started = Instant::now();
-            let batch = hessian_sampler.batch(&train_tokens, STREAM_HESSIAN, step as u64);
-            let (inputs, targets) = tensors(&batch, &device);
-            let estimate = hutchinson.estimate(&model, step as u64, |m| {
-                let loss = m.loss(inputs.clone(), targets.clone()).expect("batch fits the model");
-                GradientsParams::from_grads(loss.backward(), m)
-            });
-            model = sophia.refresh(model, estimate);
-            hessian_secs += started.elapsed().as_secs_f64();
+        // The step: gradients, clipping, the update (Sophia refreshes inside it when due).
+        let micro_batches = (0..config.grad_accum).map(|micro| sampler.batch(&train_tokens, STREAM_TRAIN, (step * config.grad_accum + micro) as u64));
+        let refreshes_before_step = optimizer.refreshes();
+        let started = Instant::now();
+        let outcome = step_fn.run(model, &mut optimizer, lr, micro_batches, estimator.as_mut())?;
+        if optimizer.refreshes() > refreshes_before_step {
+            hessian_secs += outcome.refresh_secs(started.elapsed().as_secs_f64());
         }
-
-        // Forward and backward over the micro-batches; the loss is averaged.
-        let mut accumulator = GradientsAccumulator::new();
-        let mut train_loss = 0.0;
-        for micro in 0..config.grad_accum {
-            let index = (step * config.grad_accum + micro) as u64;
-            let (inputs, targets) = tensors(&sampler.batch(&train_tokens, STREAM_TRAIN, index), &device);
-            let loss = model.loss(inputs, targets)?.div_scalar(config.grad_accum as f64);
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            train_loss += loss.into_scalar::<f64>();
-            accumulator.accumulate(&model, grads);
-        }
-        let (grads, norm) = match &clip {
-            Some(clip) => clip.clip(&model, accumulator.grads()),
-            None => {
-                let grads = accumulator.grads();
-                let norm = global_norm(&model, &grads);
-                (grads, norm)
-            }
-        };
+        model = outcome.model;
+        let (train_loss, norm) = (outcome.loss, outcome.norm);
 
         // NaN/Inf: stop with the last checkpoint intact, or skip the update.
-        let bad = if !train_loss.is_finite() {
-            Some(("the training loss", train_loss))
-        } else if !norm.is_finite() {
-            Some(("the gradient norm", norm.total_norm))
-        } else {
-            None
-        };
-        if let Some((what, value)) = bad {
+        if let Some((what, value)) = outcome.non_finite {
             match config.on_nonfinite {
                 NonFinitePolicy::Stop => {
                     bar.finish_and_clear();
-                    let latest = std::fs::read_to_string(run_dir.join("checkpoints/latest"))
-                        .map(|n| format!("The last good checkpoint is {}.", run_dir.join("checkpoints").join(n.trim()).display()))
-                        .unwrap_or_else(|_| "No checkpoint was written yet.".into());
+                    let latest = checkpoints.latest_verified().map_or_else(
+                        || "No checkpoint was written yet.".to_string(),
+                        |dir| format!("The last good checkpoint is {}.", dir.display()),
+                    );
                     return Err(TrainError::NonFinite { step, what, value, checkpoint: latest });
                 }
                 NonFinitePolicy::Skip => {
@@ -249,26 +170,7 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<TrainSummary,
                 }
             }
         }
-
-        model = optimizer.step(lr, model, grads);
         tokens += tokens_per_step as u64;
-
-        // SophiaG refreshes after every k-th update, on a fresh batch (official loop).
-        if config.optimizer == OptimizerKind::SophiaG
-            && let Some(sophia) = optimizer.sophia()
-            && sophia.refresh_due(step + 1)
-        {
-            let started = Instant::now();
-            let batch = hessian_sampler.batch(&train_tokens, STREAM_HESSIAN, step as u64);
-            let (inputs, _) = tensors(&batch, &device);
-            let sampled = labels.gradients(&model, inputs, step as u64)?;
-            let ghat = match (&clip, config.clip_hessian_grad) {
-                (Some(clip), true) => clip.clip(&model, sampled.grads).0,
-                _ => sampled.grads,
-            };
-            model = sophia.refresh(model, ghat);
-            hessian_secs += started.elapsed().as_secs_f64();
-        }
 
         // Logging.
         let done = step + 1;
@@ -331,7 +233,7 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<TrainSummary,
         bar.inc(1);
         if options.stop_after == Some(done) {
             bar.finish_and_clear();
-            return Err(TrainError::Config(format!("stopped after step {done} as asked (stop_after)")));
+            return Err(TrainError::Stopped(done));
         }
     }
     bar.finish_and_clear();
@@ -340,10 +242,10 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<TrainSummary,
     let seconds = elapsed(&clock);
     let train_secs = clock.elapsed().as_secs_f64();
     let model_path = run_dir.join("model.safetensors");
-    model.save_safetensors(&model_path)?;
+    crate::fs::write_atomic(&model_path, &model.to_safetensors()?).map_err(io_err(&model_path))?;
     let summary = TrainSummary {
         run_dir: run_dir.clone(),
-        optimizer: config.optimizer.to_string(),
+        optimizer: config.optimizer.kind().to_string(),
         parameters: model.num_params(),
         steps: config.max_steps,
         tokens,
@@ -357,9 +259,9 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<TrainSummary,
         final_win_rate,
     };
     let summary_path = run_dir.join("summary.json");
-    std::fs::write(&summary_path, serde_json::to_string_pretty(&summary).expect("summary serializes")).map_err(io_err(&summary_path))?;
+    crate::fs::write_json(&summary_path, &summary).map_err(io_err(&summary_path))?;
     if config.plots {
-        plot_run(&run_dir, log.path()).map_err(TrainError::Config)?;
+        plot_run(&run_dir, log.path())?;
     }
     Ok(summary)
 }
@@ -382,7 +284,7 @@ fn record(kind: &str, step: usize, tokens: u64, time: f64, lr: f64) -> MetricRec
 }
 
 /// A batch as `[batch, block]` input and target tensors.
-pub(crate) fn tensors(batch: &Batch, device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>) {
+pub fn tensors(batch: &Batch, device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>) {
     let shape = [batch.batch_size, batch.block_size];
     (
         Tensor::from_data(TensorData::new(batch.inputs.clone(), shape), device),
@@ -434,8 +336,8 @@ fn progress_bar(visible: bool, steps: usize, start: usize) -> ProgressBar {
 }
 
 /// `training.png` / `training.svg` in the run directory: losses, learning rate, win rate.
-pub fn plot_run(run_dir: &Path, metrics_path: &Path) -> Result<(), String> {
-    let records = metrics::read(metrics_path).map_err(|e| e.to_string())?;
+pub fn plot_run(run_dir: &Path, metrics_path: &Path) -> Result<(), TrainError> {
+    let records = metrics::read(metrics_path).map_err(io_err(metrics_path))?;
     let series = |label: &str, kind: &str, value: fn(&MetricRecord) -> Option<f64>| Series {
         label: label.into(),
         points: records.iter().filter(|r| r.kind == kind).filter_map(|r| value(r).map(|v| (r.step as f64, v))).collect(),
@@ -460,5 +362,105 @@ pub fn plot_run(run_dir: &Path, metrics_path: &Path) -> Result<(), String> {
     if !win.points.is_empty() {
         panels.push(Panel { title: "Sophia win rate".into(), x_label: "step".into(), y_label: "fraction not clipped".into(), log_y: false, series: vec![win] });
     }
-    plot::draw(&run_dir.join("training"), &panels)
+    Ok(plot::draw(&run_dir.join("training"), &panels)?)
+}
+
+/// One training step as the loop runs it: forward and backward over the micro-batches (the
+/// loss averaged), global-norm clipping, and the optimizer's step, in which Sophia refreshes its
+/// Hessian from the run's estimator when its schedule says so.
+pub struct TrainingStep {
+    device: Device,
+    clip: Option<GlobalNormClip>,
+    grad_accum: usize,
+    optimizer: OptimizerConfig,
+    seed: u64,
+}
+
+/// What one [`TrainingStep::run`] did.
+pub struct StepOutcome {
+    /// The model after the step (unchanged when the step was not taken).
+    pub model: Gpt2,
+    /// Mean training loss over the micro-batches.
+    pub loss: f64,
+    /// The global gradient norm before clipping.
+    pub norm: GradNorm,
+    /// The loss or gradient norm that was NaN or infinite, if any: the update was not taken.
+    pub non_finite: Option<(&'static str, f64)>,
+    /// Seconds from the step's start to the end of its gradients (the rest was the optimizer's).
+    gradient_secs: f64,
+}
+
+impl StepOutcome {
+    /// Of a step that took `total` seconds, the seconds of its refresh: the optimizer's share
+    /// (the update is a few element-wise passes, the refresh a forward and backward pass, so
+    /// the optimizer's share of a refreshing step is essentially its refresh).
+    pub fn refresh_secs(&self, total: f64) -> f64 {
+        (total - self.gradient_secs).max(0.0)
+    }
+}
+
+impl TrainingStep {
+    /// The step `config` describes, on `device` (with autodiff).
+    pub fn new(config: &TrainConfig, device: &Device) -> Result<Self, TrainError> {
+        let clip = (config.grad_clip > 0.0).then(|| GlobalNormClip::new(config.grad_clip)).transpose()?;
+        Ok(Self { device: device.clone(), clip, grad_accum: config.grad_accum, optimizer: config.optimizer.clone(), seed: config.seed })
+    }
+
+    /// The Hessian estimator of the run's Sophia (`None` for other optimizers): sampled-label
+    /// `ĝ` (SophiaG) or Hutchinson's `u ⊙ Hu` (SophiaH), on the batch `refresh_batch` gives for
+    /// each refresh.
+    pub fn estimator<'a>(&'a self, refresh_batch: &'a dyn Fn(Refresh) -> Batch) -> Result<Option<RunEstimator<'a>>, TrainError> {
+        let device = &self.device;
+        Ok(match &self.optimizer {
+            OptimizerConfig::SophiaG(_) => Some(Box::new(SampledLabels::new(self.seed, move |refresh| Ok::<_, TrainError>(tensors(&refresh_batch(refresh), device).0)))),
+            OptimizerConfig::SophiaH(s) => Some(Box::new(Hutchinson::new(s.hutchinson_epsilon, self.seed)?.with_gradient(move |model: &Gpt2, refresh| {
+                let (inputs, targets) = tensors(&refresh_batch(refresh), device);
+                Ok::<_, TrainError>(GradientsParams::from_grads(model.loss(inputs, targets)?.backward(), model))
+            }))),
+            _ => None,
+        })
+    }
+
+    /// Take the step with learning rate `lr` on `micro_batches`; a NaN or infinite loss or
+    /// gradient norm leaves the model untouched and says so in the outcome.
+    pub fn run(
+        &self,
+        model: Gpt2,
+        optimizer: &mut RunOptimizer,
+        lr: f64,
+        micro_batches: impl Iterator<Item = Batch>,
+        estimator: Option<&mut RunEstimator<'_>>,
+    ) -> Result<StepOutcome, TrainError> {
+        let started = Instant::now();
+        let mut accumulator = GradientsAccumulator::new();
+        let mut loss_sum = 0.0;
+        for batch in micro_batches {
+            let (inputs, targets) = tensors(&batch, &self.device);
+            let loss = model.loss(inputs, targets)?.div_scalar(self.grad_accum as f64);
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            loss_sum += loss.into_scalar::<f64>();
+            accumulator.accumulate(&model, grads);
+        }
+        let (grads, norm) = match &self.clip {
+            Some(clip) => clip.clip(&model, accumulator.grads()),
+            None => {
+                let grads = accumulator.grads();
+                let norm = global_norm(&model, &grads);
+                (grads, norm)
+            }
+        };
+        let non_finite = if !loss_sum.is_finite() {
+            Some(("the training loss", loss_sum))
+        } else if !norm.is_finite() {
+            Some(("the gradient norm", norm.total_norm))
+        } else {
+            None
+        };
+        let gradient_secs = started.elapsed().as_secs_f64();
+        let model = match non_finite {
+            Some(_) => model,
+            None => optimizer.step(lr, model, grads, estimator)?,
+        };
+        Ok(StepOutcome { model, loss: loss_sum, norm, non_finite, gradient_secs })
+    }
 }

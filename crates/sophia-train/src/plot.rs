@@ -28,6 +28,16 @@ pub struct Panel {
     pub series: Vec<Series>,
 }
 
+/// A figure that could not be drawn or written.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot draw {path}: {reason}")]
+pub struct PlotError {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// What went wrong.
+    pub reason: String,
+}
+
 const FONT: &str = "sans-serif";
 
 fn register_font() {
@@ -39,13 +49,13 @@ fn register_font() {
 }
 
 /// Draw `panels` side by side into `stem.png` and `stem.svg`.
-pub fn draw(stem: &Path, panels: &[Panel]) -> Result<(), String> {
+pub fn draw(stem: &Path, panels: &[Panel]) -> Result<(), PlotError> {
     register_font();
     let width = 560 * panels.len().max(1) as u32;
     let png = stem.with_extension("png");
-    draw_on(BitMapBackend::new(&png, (width, 420)).into_drawing_area(), panels)?;
+    draw_on(BitMapBackend::new(&png, (width, 420)).into_drawing_area(), panels).map_err(|reason| PlotError { path: png.clone(), reason })?;
     let svg = stem.with_extension("svg");
-    draw_on(SVGBackend::new(&svg, (width, 420)).into_drawing_area(), panels)
+    draw_on(SVGBackend::new(&svg, (width, 420)).into_drawing_area(), panels).map_err(|reason| PlotError { path: svg.clone(), reason })
 }
 
 fn draw_on<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, panels: &[Panel]) -> Result<(), String> {

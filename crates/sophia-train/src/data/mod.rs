@@ -13,6 +13,5 @@ mod tokenizer;
 
 pub use batches::{Batch, BatchSampler, TokenFile};
 pub use corpus::{CORPORA, Corpus, DatasetMeta, PreparedData, prepare};
-pub(crate) use corpus::write_atomic;
 pub use error::DataError;
 pub use tokenizer::{END_OF_TEXT, Gpt2Tokenizer};

@@ -21,6 +21,9 @@ pub enum DataError {
         /// The names that exist.
         known: String,
     },
+    /// A corpus path that does not exist.
+    #[error("no such file or directory: {0} (pass an existing UTF-8 text file or folder, or a corpus name)")]
+    NoSuchPath(PathBuf),
     /// Fetching a corpus package failed.
     #[error("could not fetch {what}: {reason}")]
     Fetch {

