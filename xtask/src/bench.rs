@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use sophia_bench::memory::{MemoryEntry, MemoryReport};
 use sophia_bench::{compare, machine::Machine, memory, report, step, throughput};
+use sophia_gpt2::Kernels;
 use sophia_train::Backend;
 use sophia_train::train::{OptimizerKind, RunOptions};
 
@@ -78,8 +79,12 @@ enum Bench {
     /// refresh relative to a training step, per preset.
     Throughput {
         /// Model presets.
-        #[arg(long, value_delimiter = ',', default_value = "cpu-1m,cpu-3m,cpu-10m")]
+        #[arg(long, value_delimiter = ',', default_value = "char,cpu-1m,cpu-3m,cpu-10m")]
         presets: Vec<String>,
+        /// The loss and label-sampling kernels to measure, each on every preset (fused: the
+        /// backend's fused kernels where it has them; composed: Burn's tensor operations).
+        #[arg(long, value_delimiter = ',', default_value = "fused,composed", value_parser = crate::named::<Kernels>(["fused", "composed"]))]
+        kernels: Vec<Kernels>,
         /// Sequences per step.
         #[arg(long, default_value_t = 8)]
         batch_size: usize,
@@ -194,9 +199,9 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&entry)?);
             Ok(())
         }
-        Bench::Throughput { presets, batch_size, block_size, repetitions, backend, out } => {
+        Bench::Throughput { presets, kernels, batch_size, block_size, repetitions, backend, out } => {
             let presets: Vec<&str> = presets.iter().map(String::as_str).collect();
-            let report = throughput::run(&presets, batch_size, block_size, repetitions, &device(backend)?, &backend.to_string(), say)
+            let report = throughput::run(&presets, &kernels, batch_size, block_size, repetitions, &device(backend)?, &backend.to_string(), say)
                 ?;
             let out = output(out)?;
             throughput::write(&report, &out)?;

@@ -6,8 +6,16 @@ use std::process::Command;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
+/// The allocator of the command line: mimalloc keeps freed blocks for reuse, where glibc's
+/// malloc returns every large temporary tensor to the kernel and faults it in again on the next
+/// step (`bench throughput` reports the page faults per step). Only this binary chooses it; the
+/// libraries leave the choice to their users.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod bench;
 mod cuda;
+mod sample;
 mod sweep;
 mod test;
 mod train;
@@ -23,8 +31,11 @@ struct Cli {
 enum Commands {
     /// Run the whole test suite (CPU backends, golden tests included).
     Test(test::TestArgs),
-    /// Train a GPT-2 on a real corpus (default: 3.4M parameters, Shakespeare, SophiaG, CPU).
+    /// Train a GPT on a real corpus (default: nanoGPT's character-level Shakespeare model with
+    /// SophiaG, on the CPU).
     Train(Box<train::TrainArgs>),
+    /// Write text with the model of a finished run, decoded with the run's own tokenizer.
+    Sample(sample::SampleArgs),
     /// Hyperparameter grid search of short runs: table, plot and the best config.
     Sweep(Box<sweep::SweepArgs>),
     /// Benchmarks, written as JSON and plotted (results/).
@@ -38,6 +49,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Commands::Test(args) => test::run(args),
         Commands::Train(args) => train::run(*args),
+        Commands::Sample(args) => sample::run(args),
         Commands::Sweep(args) => sweep::run(*args),
         Commands::Bench(args) => bench::run(args),
         Commands::CheckCuda(args) => cuda::run(args),

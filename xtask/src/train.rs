@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use sophia_gpt2::Precision;
 use sophia_train::Backend;
+use sophia_train::data::TokenizerKind;
 use sophia_train::train::{OptimizerKind, RunOptions, TrainConfig, train};
 
 use crate::{finite, named};
@@ -36,6 +37,9 @@ pub(crate) struct TrainArgs {
     /// file or folder.
     #[arg(long)]
     data: Option<String>,
+    /// Tokenizer: char (one token per character of the corpus) or gpt2 (the GPT-2 BPE).
+    #[arg(long, value_parser = named::<TokenizerKind>(TokenizerKind::ALL.iter().map(|k| k.name())))]
+    tokenizer: Option<TokenizerKind>,
     /// Run name (the run directory is runs/NAME).
     #[arg(long)]
     pub(crate) name: Option<String>,
@@ -93,6 +97,9 @@ pub(crate) fn config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     }
     if let Some(v) = &args.data {
         config.data = v.clone();
+    }
+    if let Some(v) = args.tokenizer {
+        config.tokenizer = v;
     }
     if let Some(v) = &args.name {
         config.name = v.clone();

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use burn::tensor::{Device, Distribution, Tensor};
 use serde::{Deserialize, Serialize};
-use sophia_gpt2::{Gpt2, SampledLabelHessian};
+use sophia_gpt2::{Gpt2, Kernels, SampledLabelHessian};
 use sophia_train::plot::{Panel, Series};
 use sophia_train::train::{OptimizerKind, RunOptimizer, TrainConfig, TrainingStep, tensors};
 
@@ -25,6 +25,8 @@ use crate::machine::Machine;
 pub struct ThroughputEntry {
     /// Model preset.
     pub preset: String,
+    /// The loss and label-sampling kernels (fused where the backend has them, or composed).
+    pub kernels: Kernels,
     /// Model parameters.
     pub parameters: usize,
     /// Tokens per training step (`batch × block`).
@@ -51,8 +53,32 @@ pub struct ThroughputEntry {
     pub sampling_secs: f64,
     /// `refresh_secs / step_secs`.
     pub refresh_to_step: f64,
+    /// Where the time of a training step goes (medians, seconds).
+    pub profile: StepProfile,
+    /// Minor page faults per training step (the allocator faulting fresh memory in), over the
+    /// timed steps.
+    pub minor_faults_per_step: f64,
     /// Share of wall time spent refreshing at `k = 10`: `r / (10 + r)` with `r = refresh_to_step`.
     pub refresh_overhead_k10: f64,
+}
+
+/// The time of one training step, stage by stage (medians over the repetitions, seconds). The
+/// stages are timed one after the other on the same batch, each ending with a device sync.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepProfile {
+    /// Forward pass of the blocks (embedding, attention, MLP, final LayerNorm): the forward
+    /// pass minus the LM head.
+    pub blocks_forward_secs: f64,
+    /// The LM head's matrix product `[tokens, C] × [C, vocab]` alone.
+    pub head_secs: f64,
+    /// Cross-entropy forward (log-softmax over the vocabulary and the gather).
+    pub loss_forward_secs: f64,
+    /// Cross-entropy backward alone (from the loss to the logits).
+    pub loss_backward_secs: f64,
+    /// The whole backward pass (loss to every parameter).
+    pub backward_secs: f64,
+    /// Global-norm clipping and the optimizer's update (AdamW).
+    pub clip_and_update_secs: f64,
 }
 
 /// The JSON written by `bench throughput`.
@@ -99,7 +125,7 @@ pub fn peak_matmul_gflops(device: &Device, n: usize, repetitions: usize) -> f64 
 }
 
 /// Measure `presets` at `batch × block` tokens per step.
-pub fn run(presets: &[&str], batch: usize, block: usize, repetitions: usize, device: &Device, backend: &str, progress: &mut dyn FnMut(&str)) -> Result<ThroughputReport, BenchError> {
+pub fn run(presets: &[&str], kernels: &[Kernels], batch: usize, block: usize, repetitions: usize, device: &Device, backend: &str, progress: &mut dyn FnMut(&str)) -> Result<ThroughputReport, BenchError> {
     let v = sophia_optim::Validator::new("bench throughput");
     v.at_least_one("repetitions", repetitions)?;
     v.at_least_one("batch", batch)?;
@@ -108,10 +134,10 @@ pub fn run(presets: &[&str], batch: usize, block: usize, repetitions: usize, dev
     let peak = peak_matmul_gflops(device, peak_size, repetitions);
     progress(&format!("peak matmul ({peak_size}³, f32): {peak:.1} GFLOP/s"));
     let mut entries = Vec::new();
-    for &preset in presets {
+    for (&preset, &kernels) in presets.iter().flat_map(|p| kernels.iter().map(move |k| (p, k))) {
         let config = |optimizer: OptimizerKind| TrainConfig { optimizer: optimizer.default_config(), preset: preset.into(), block_size: Some(block), batch_size: batch, ..TrainConfig::default() };
         let model_config = config(OptimizerKind::AdamW).model_config()?;
-        let mut model = Gpt2::new(&model_config, device, 0)?;
+        let mut model = Gpt2::new(&model_config, device, 0)?.with_kernels(kernels);
         let synthetic = crate::synthetic_batch(batch, block, model_config.vocab_size);
         let (inputs, _) = tensors(&synthetic, device);
         let mut adamw = RunOptimizer::new(&config(OptimizerKind::AdamW), &model, batch * block)?;
@@ -121,18 +147,22 @@ pub fn run(presets: &[&str], batch: usize, block: usize, repetitions: usize, dev
         let mut estimator = sophia_step.estimator(&refresh_batch)?;
         let (mut steps, mut refreshes, mut forwards, mut samplings) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let sampler = SampledLabelHessian::new(0);
+        let mut faults = 0.0;
         for round in 0..=repetitions {
             let started = Instant::now();
             let logits = model.forward(inputs.clone())?;
             let _ = logits.clone().narrow(0, 0, 1).narrow(1, 0, 1).narrow(2, 0, 1).into_scalar::<f32>();
             let forward = started.elapsed().as_secs_f64();
             let started = Instant::now();
-            let _ = sampler.sample_labels(logits, round as u64).narrow(0, 0, 1).narrow(1, 0, 1).into_scalar::<i64>();
+            let _ = sampler.sample_labels_with(kernels, logits, round as u64).narrow(0, 0, 1).narrow(1, 0, 1).into_scalar::<i64>();
             let sampling = started.elapsed().as_secs_f64();
-            let started = Instant::now();
+            let (started, faults_before) = (Instant::now(), minor_faults());
             model = crate::training_step(&adamw_step, model, &mut adamw, 1e-4, synthetic.clone(), None)?;
             crate::sync(&model);
             let step = started.elapsed().as_secs_f64();
+            if round > 0 {
+                faults += (minor_faults() - faults_before) as f64;
+            }
             let started = Instant::now();
             model = crate::hessian_refresh(model, &mut sophia, estimator.as_mut())?;
             crate::sync(&model);
@@ -144,13 +174,15 @@ pub fn run(presets: &[&str], batch: usize, block: usize, repetitions: usize, dev
             }
         }
         let (step_secs, refresh_secs) = (median(steps), median(refreshes));
+        let profile = profile(&model, &mut adamw, &synthetic, repetitions, device)?;
         let flops = flops_per_token(&model);
         let tokens_per_sec = (batch * block) as f64 / step_secs;
         let achieved = flops * tokens_per_sec / 1e9;
         let ratio = refresh_secs / step_secs;
-        progress(&format!("{preset}: {tokens_per_sec:.0} tokens/s, MFU {:.1}%, refresh {ratio:.2} steps", 100.0 * achieved / peak));
+        progress(&format!("{preset} ({kernels:?} kernels): {tokens_per_sec:.0} tokens/s, MFU {:.1}%, refresh {ratio:.2} steps", 100.0 * achieved / peak));
         entries.push(ThroughputEntry {
             preset: preset.into(),
+            kernels,
             parameters: model.num_params(),
             batch_tokens: batch * block,
             block_size: block,
@@ -164,9 +196,91 @@ pub fn run(presets: &[&str], batch: usize, block: usize, repetitions: usize, dev
             sampling_secs: median(samplings),
             refresh_to_step: ratio,
             refresh_overhead_k10: ratio / (10.0 + ratio),
+            profile,
+            minor_faults_per_step: faults / repetitions as f64,
         });
     }
     Ok(ThroughputReport { machine: Machine::detect(backend), peak_matmul_gflops: peak, peak_matmul_size: peak_size, repetitions, entries })
+}
+
+/// Minor page faults of this process so far (0 where the platform does not say).
+fn minor_faults() -> i64 {
+    // SAFETY: getrusage writes into the zeroed struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == 0 { usage.ru_minflt } else { 0 }
+}
+
+/// The stages of a training step of `model` on `batch`, timed one after the other.
+fn profile(model: &Gpt2, optimizer: &mut RunOptimizer, batch: &sophia_train::data::Batch, repetitions: usize, device: &Device) -> Result<StepProfile, BenchError> {
+    let config = model.config();
+    let (inputs, targets) = tensors(batch, device);
+    let tokens = batch.batch_size * batch.block_size;
+    let inner = device.clone().inner();
+    let hidden = Tensor::<2>::random([tokens, config.n_embd], Distribution::Normal(0.0, 1.0), &inner);
+    let head = model.wte.weight.val().inner();
+    let read = |t: Tensor<1>| t.into_scalar::<f64>();
+    let (mut forward, mut head_t, mut loss_f, mut loss_b, mut backward, mut update) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut model = model.clone();
+    for round in 0..=repetitions {
+        let time = |f: &mut dyn FnMut()| {
+            let started = Instant::now();
+            f();
+            started.elapsed().as_secs_f64()
+        };
+        let mut logits = None;
+        let f = time(&mut || {
+            let out = model.forward(inputs.clone()).expect("the batch fits the model");
+            let _ = out.clone().narrow(0, 0, 1).narrow(1, 0, 1).narrow(2, 0, 1).into_scalar::<f32>();
+            logits = Some(out);
+        });
+        let h = time(&mut || {
+            let _ = model.precision().matmul(hidden.clone(), head.clone().transpose()).narrow(0, 0, 1).narrow(1, 0, 1).into_scalar::<f32>();
+        });
+        // The loss on leaf logits: its forward and backward alone.
+        let leaf = logits.take().expect("timed above").detach().require_grad();
+        let mut loss = None;
+        let lf = time(&mut || {
+            let value = sophia_gpt2::loss::cross_entropy_with(model.kernels(), leaf.clone(), targets.clone());
+            let _ = read(value.clone());
+            loss = Some(value);
+        });
+        let lb = time(&mut || {
+            let grads = loss.take().expect("timed above").backward();
+            let _ = leaf.grad(&grads).map(|g| g.narrow(0, 0, 1).narrow(1, 0, 1).narrow(2, 0, 1).into_scalar::<f32>());
+        });
+        // The whole backward, then clipping and the update.
+        let full = model.loss(inputs.clone(), targets.clone())?;
+        let _ = read(full.clone());
+        let mut grads = None;
+        let b = time(&mut || {
+            let g = burn::optim::GradientsParams::from_grads(full.clone().backward(), &model);
+            let _ = g.get::<1>(model.ln_f.gamma.id).map(|g| g.narrow(0, 0, 1).into_scalar::<f32>());
+            grads = Some(g);
+        });
+        let started = Instant::now();
+        let (grads, _) = sophia_optim::GlobalNormClip::new(1.0)?.clip(&model, grads.take().expect("timed above"));
+        model = optimizer.step(1e-4, model, grads, None)?;
+        crate::sync(&model);
+        let u = started.elapsed().as_secs_f64();
+        if round > 0 {
+            forward.push(f);
+            head_t.push(h);
+            loss_f.push(lf);
+            loss_b.push(lb);
+            backward.push(b);
+            update.push(u);
+        }
+    }
+    let forward = median(forward);
+    let head_secs = median(head_t);
+    Ok(StepProfile {
+        blocks_forward_secs: (forward - head_secs).max(0.0),
+        head_secs,
+        loss_forward_secs: median(loss_f),
+        loss_backward_secs: median(loss_b),
+        backward_secs: median(backward),
+        clip_and_update_secs: median(update),
+    })
 }
 
 /// Write the report as JSON and plot it.

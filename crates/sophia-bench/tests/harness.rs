@@ -126,7 +126,7 @@ fn memory_and_throughput_reports_round_trip() {
     memory::write(&report, &dir.join("memory.json")).unwrap();
     assert_eq!(sophia_bench::read_json::<MemoryReport>(&dir.join("memory.json")).unwrap(), report);
 
-    let report = throughput::run(&["cpu-1m"], 1, 8, 1, &device, "flex", &mut |_| {}).unwrap();
+    let report = throughput::run(&["cpu-1m"], &[sophia_gpt2::Kernels::Fused], 1, 8, 1, &device, "flex", &mut |_| {}).unwrap();
     let e = &report.entries[0];
     assert!((e.tokens_per_sec - 8.0 / e.step_secs).abs() < 1e-9 * e.tokens_per_sec);
     assert!((e.mfu - e.achieved_gflops / report.peak_matmul_gflops).abs() < 1e-12);

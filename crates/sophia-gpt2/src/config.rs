@@ -81,8 +81,14 @@ fn rope_theta() -> f64 {
 /// GPT-2 BPE vocabulary size.
 pub const GPT2_VOCAB_SIZE: usize = 50_257;
 
-/// Named model sizes: the four GPT-2 checkpoints and three small CPU presets.
+/// The vocabulary size of the `char` preset before a corpus sets it (printable ASCII and a
+/// newline, about the size of a character vocabulary of English text).
+pub const CHAR_VOCAB_PLACEHOLDER: usize = 96;
+
+/// Named model sizes: the four GPT-2 checkpoints, small CPU presets with the GPT-2 vocabulary,
+/// and nanoGPT's character-level model.
 pub const PRESETS: &[(&str, &str)] = &[
+    ("char", "nanoGPT's character-level Shakespeare model on a laptop: 4 layers, 4 heads, 128 wide, context 64, about 0.8M parameters (the vocabulary comes from the corpus; 96 characters stand in for it until then)"),
     ("gpt2", "GPT-2 small, 124M parameters (12 layers, 12 heads, 768 wide)"),
     ("gpt2-medium", "GPT-2 medium, 355M (24 layers, 16 heads, 1024 wide)"),
     ("gpt2-large", "GPT-2 large, 774M (36 layers, 20 heads, 1280 wide)"),
@@ -127,6 +133,7 @@ impl Gpt2Config {
             "cpu-10m" => (4, 4, 160, 256),
             "cpu-3m" => (4, 4, 64, 128),
             "cpu-1m" => (2, 2, 16, 128),
+            "char" => return Ok(Self::new(4, 4, 128, 64, CHAR_VOCAB_PLACEHOLDER)),
             _ => {
                 return Err(ModelError::UnknownPreset {
                     name: name.to_string(),

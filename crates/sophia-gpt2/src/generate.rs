@@ -29,8 +29,9 @@ impl Default for GenerateOptions {
 }
 
 impl Gpt2 {
-    /// Continue `prompt` (token ids). Generation stops after `max_new_tokens`, after the stop
-    /// token, or when the sequence fills the model's `block_size`. Returns only the new tokens.
+    /// Continue `prompt` (token ids, at most `block_size`) by `max_new_tokens` tokens, or until
+    /// the stop token. Each token is predicted from the last `block_size` tokens. Returns only the
+    /// new tokens.
     pub fn generate(&self, prompt: &[u32], options: &GenerateOptions) -> Result<Vec<u32>, ModelError> {
         let config = self.config();
         if prompt.is_empty() {
@@ -49,11 +50,13 @@ impl Gpt2 {
         let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
         let mut tokens: Vec<u32> = prompt.to_vec();
         let mut new = Vec::new();
-        while new.len() < options.max_new_tokens && tokens.len() < config.block_size {
-            let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
-            let input = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, tokens.len()]), &device);
+        while new.len() < options.max_new_tokens {
+            // The model sees at most its context: the last `block_size` tokens (nanoGPT).
+            let context = &tokens[tokens.len().saturating_sub(config.block_size)..];
+            let ids: Vec<i64> = context.iter().map(|&t| t as i64).collect();
+            let input = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, context.len()]), &device);
             let logits = self.forward(input)?;
-            let last = logits.narrow(1, tokens.len() - 1, 1).reshape([config.vocab_size]);
+            let last = logits.narrow(1, context.len() - 1, 1).reshape([config.vocab_size]);
             let logits: Vec<f32> = last.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 logits");
             let token = sample(&logits, options.temperature, options.top_k, &mut rng);
             tokens.push(token);

@@ -6,27 +6,26 @@
 //! [`SophiaOptimizer::refresh`](sophia_optim::SophiaOptimizer::refresh) squares into
 //! `h ← β₂ h + (1 − β₂) ĝ ⊙ ĝ` (Liu et al. 2023, Algorithm 2; official `train_sophiag.py`).
 //!
-//! Labels are drawn with the Gumbel-max trick on detached logits,
-//! `argmax(logits + G)`, `G = −log(−log U)`, `U ~ Uniform(0, 1)`: an exact sample of the
-//! categorical distribution that needs one noise tensor the size of the logits and never a
-//! one-hot. The noise comes from the device generator, seeded from `(seed, draw)` before every
-//! draw, so the same draw gives the same labels, also after a resume. Seeding and drawing hold
-//! one process-wide lock, so threads sharing a device (Burn's multi-device training workers)
-//! each get the noise of their own draw.
+//! Labels are drawn by inverse transform sampling on detached logits: one uniform `u` per
+//! position, the label is the first token whose cumulative probability exceeds `u` (an exact
+//! sample of the categorical distribution; see [`loss`](crate::loss), which fuses it into one
+//! scan per row on the CPU). The uniforms are drawn on the host from `(seed, draw)`, so the same
+//! draw gives the same labels on every backend and after a resume, whichever thread draws.
 //!
 //! **Dropout**: the step runs the model as it is given. A model in training mode with
 //! `dropout > 0` estimates the Hessian of the same stochastic loss that is optimized, as the
 //! official loop does (it calls the model in training mode); pass `model.valid()`-style
 //! inference copies for a dropout-free estimate. GPT-2 pre-training uses `dropout = 0`.
 
-use std::sync::{Mutex, PoisonError};
-
 use burn::optim::GradientsParams;
-use burn::tensor::{Distribution, Int, Tensor};
+use burn::tensor::{Int, Tensor, TensorData};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use sophia_optim::{HessianEstimator, Refresh, draw_seed};
 
 use crate::error::ModelError;
-use crate::model::{Gpt2, cross_entropy};
+use crate::loss::{Kernels, cross_entropy_with, sample_labels_with};
+use crate::model::Gpt2;
 
 /// Draws labels from the model and turns them into the gradient SophiaG refreshes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,31 +51,32 @@ impl SampledLabelHessian {
 
     /// Labels `[batch, seq]` drawn from `softmax(logits)` for `logits` `[batch, seq, vocab]`.
     pub fn sample_labels(&self, logits: Tensor<3>, draw: u64) -> Tensor<2, Int> {
-        /// Held from seeding the device generator until the noise is drawn from it.
-        static GENERATOR: Mutex<()> = Mutex::new(());
-        let logits = logits.detach();
-        let uniform = {
-            let _generator = GENERATOR.lock().unwrap_or_else(PoisonError::into_inner);
-            logits.device().seed(draw_seed(self.seed, draw));
-            logits.random_like(Distribution::Uniform(0.0, 1.0))
-        };
-        let gumbel = uniform.log().neg().log().neg();
-        logits.add(gumbel).argmax(2).squeeze_dim::<2>(2)
+        self.sample_labels_with(Kernels::default(), logits, draw)
+    }
+
+    /// [`sample_labels`](Self::sample_labels) with the implementation `kernels` asks for (the
+    /// same uniforms either way).
+    pub fn sample_labels_with(&self, kernels: Kernels, logits: Tensor<3>, draw: u64) -> Tensor<2, Int> {
+        let [batch, seq, _] = logits.dims();
+        let mut rng = ChaCha8Rng::seed_from_u64(draw_seed(self.seed, draw));
+        let uniforms: Vec<f32> = (0..batch * seq).map(|_| rng.random::<f32>()).collect();
+        let uniforms = Tensor::<2>::from_data(TensorData::new(uniforms, [batch, seq]), &logits.device().inner());
+        sample_labels_with(kernels, logits, uniforms)
     }
 
     /// `ĝ`: the gradient of the mean cross-entropy of `model` on `inputs` `[batch, seq]`
     /// against labels sampled from the model itself. The model's weights are not changed.
     pub fn gradients(&self, model: &Gpt2, inputs: Tensor<2, Int>, draw: u64) -> Result<SampledLabelGradients, ModelError> {
         let logits = model.forward(inputs)?;
-        let labels = self.sample_labels(logits.clone(), draw);
-        let loss = cross_entropy(logits, labels.clone());
+        let labels = self.sample_labels_with(model.kernels(), logits.clone(), draw);
+        let loss = cross_entropy_with(model.kernels(), logits, labels.clone());
         let grads = GradientsParams::from_grads(loss.clone().backward(), model);
         Ok(SampledLabelGradients { grads, labels, loss: loss.detach() })
     }
 
     /// `ĝ` for fixed labels (the golden tests check this against the reference).
     pub fn gradients_for_labels(model: &Gpt2, inputs: Tensor<2, Int>, labels: Tensor<2, Int>) -> Result<GradientsParams, ModelError> {
-        let loss = cross_entropy(model.forward(inputs)?, labels);
+        let loss = cross_entropy_with(model.kernels(), model.forward(inputs)?, labels);
         Ok(GradientsParams::from_grads(loss.backward(), model))
     }
 }

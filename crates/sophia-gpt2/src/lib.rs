@@ -10,6 +10,8 @@
 //! - [`SampledLabels`]: SophiaG's [`HessianEstimator`](sophia_optim::HessianEstimator), `ĝ` on
 //!   labels drawn from the model's softmax ([`SampledLabelHessian`] draws them).
 //! - [`Precision`]: bfloat16 matrix products with f32 weights, gradients and optimizer state.
+//! - [`loss`]: the cross-entropy and the sampled labels, fused into one pass per row on the
+//!   flex CPU backend (feature `flex`), Burn's composed operations elsewhere ([`Kernels`]).
 //! - [`GenerateOptions`] / [`Gpt2::generate`]: temperature and top-k sampling.
 //!
 //! ```no_run
@@ -34,9 +36,12 @@
 pub mod attention;
 pub mod config;
 mod error;
+#[cfg(feature = "flex")]
+mod fused;
 pub mod generate;
 pub mod hessian;
 mod init;
+pub mod loss;
 pub mod mlp;
 pub mod model;
 pub mod precision;
@@ -48,5 +53,6 @@ pub use error::ModelError;
 pub use generate::{GenerateOptions, sample};
 pub use hessian::{SampledLabelGradients, SampledLabelHessian, SampledLabels};
 pub use mlp::Mlp;
-pub use model::{Block, Gpt2, LmHead, cross_entropy};
+pub use loss::{Kernels, cross_entropy};
+pub use model::{Block, Gpt2, LmHead};
 pub use precision::Precision;

@@ -8,13 +8,13 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm};
-use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor};
 
 use crate::attention::CausalSelfAttention;
 use crate::config::Gpt2Config;
 use crate::error::ModelError;
 use crate::init::ParamInit;
+use crate::loss::{Kernels, cross_entropy_with};
 use crate::mlp::Mlp;
 use crate::precision::Precision;
 
@@ -63,6 +63,8 @@ pub struct Gpt2 {
     config: Gpt2Config,
     #[module(skip)]
     precision: Precision,
+    #[module(skip)]
+    kernels: Kernels,
 }
 
 impl Gpt2 {
@@ -87,6 +89,7 @@ impl Gpt2 {
             dropout: DropoutConfig::new(config.dropout).init(),
             config: config.clone(),
             precision: Precision::F32,
+            kernels: Kernels::default(),
         };
         Ok(model.with_stable_ids())
     }
@@ -100,6 +103,18 @@ impl Gpt2 {
             block.mlp.precision = precision;
         }
         self
+    }
+
+    /// The same model computing its loss and sampled labels with `kernels` (see
+    /// [`loss`](crate::loss)); the weights are unchanged.
+    pub fn with_kernels(mut self, kernels: Kernels) -> Self {
+        self.kernels = kernels;
+        self
+    }
+
+    /// The implementation of the loss and the sampled labels.
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
     }
 
     /// The precision of the model's matrix products.
@@ -140,7 +155,7 @@ impl Gpt2 {
 
     /// Mean cross-entropy of the next-token prediction: `forward(ids)` against `targets`.
     pub fn loss(&self, ids: Tensor<2, Int>, targets: Tensor<2, Int>) -> Result<Tensor<1>, ModelError> {
-        Ok(cross_entropy(self.forward(ids)?, targets))
+        Ok(cross_entropy_with(self.kernels, self.forward(ids)?, targets))
     }
 
     /// Number of parameters (the tied head counted once).
@@ -153,10 +168,4 @@ impl AsRef<Gpt2> for Gpt2 {
     fn as_ref(&self) -> &Gpt2 {
         self
     }
-}
-
-/// Mean cross-entropy of `logits` `[batch, seq, vocab]` against integer `targets` `[batch, seq]`,
-/// by gathering the log-probabilities of the targets (no one-hot is built).
-pub fn cross_entropy(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<1> {
-    log_softmax(logits, 2).gather(2, targets.unsqueeze_dim::<3>(2)).mean().neg()
 }

@@ -10,7 +10,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::Deserialize;
 use sophia_golden::{GoldenTensor, RecordedState, Tolerance, golden_dir, load};
-use sophia_gpt2::{Gpt2, Gpt2Config, SampledLabelHessian};
+use sophia_gpt2::{Gpt2, Gpt2Config, Kernels, SampledLabelHessian};
 use sophia_optim::{EstimateFn, SophiaGConfig};
 
 #[derive(Deserialize)]
@@ -70,10 +70,20 @@ fn check_grads(what: &str, model: &Gpt2, grads: &GradientsParams, want: &BTreeMa
     }
 }
 
+/// Both implementations of the loss (the fused kernels where the test device has them, and
+/// Burn's composed operations) must match the reference.
+const KERNELS: [Kernels; 2] = [Kernels::Fused, Kernels::Composed];
+
 #[test]
 fn golden_gpt2_logits_loss_and_gradients() {
+    for kernels in KERNELS {
+        logits_loss_and_gradients(kernels);
+    }
+}
+
+fn logits_loss_and_gradients(kernels: Kernels) {
     let device = sophia_golden::test_device().autodiff();
-    let model = model(&device);
+    let model = model(&device).with_kernels(kernels);
     let expected: Expected = load("gpt2_tiny/expected.json");
     assert_eq!(expected.input_ids.shape, vec![expected.batch, expected.seq_len]);
 
@@ -81,23 +91,29 @@ fn golden_gpt2_logits_loss_and_gradients() {
     assert_eq!(logits.dims().to_vec(), expected.logits.shape);
     LOGITS.assert_close("logits", &logits.clone().into_data().try_to_vec::<f32>().unwrap(), &expected.logits.data);
 
-    let loss = sophia_gpt2::cross_entropy(logits, ids(&expected.targets, &device));
-    LOSS.assert_scalar("loss", loss.clone().into_scalar::<f64>(), expected.loss);
+    let loss = sophia_gpt2::loss::cross_entropy_with(kernels, logits, ids(&expected.targets, &device));
+    LOSS.assert_scalar(&format!("loss ({kernels:?})"), loss.clone().into_scalar::<f64>(), expected.loss);
     let grads = GradientsParams::from_grads(loss.backward(), &model);
-    check_grads("loss", &model, &grads, &expected.grads, &expected.param_order);
+    check_grads(&format!("loss ({kernels:?})"), &model, &grads, &expected.grads, &expected.param_order);
 }
 
 #[test]
 fn golden_gpt2_sampled_label_gradient_and_sophia_refresh() {
+    for kernels in KERNELS {
+        sampled_label_gradient_and_sophia_refresh(kernels);
+    }
+}
+
+fn sampled_label_gradient_and_sophia_refresh(kernels: Kernels) {
     let device = sophia_golden::test_device().autodiff();
-    let model = model(&device);
+    let model = model(&device).with_kernels(kernels);
     let expected: Expected = load("gpt2_tiny/expected.json");
     let sampled = &expected.sampled;
 
     let inputs = ids(&expected.input_ids, &device);
     let labels = ids(&sampled.labels, &device);
     let logits = model.forward(inputs.clone()).unwrap();
-    LOSS.assert_scalar("sampled loss", sophia_gpt2::cross_entropy(logits, labels.clone()).into_scalar::<f64>(), sampled.loss);
+    LOSS.assert_scalar("sampled loss", sophia_gpt2::loss::cross_entropy_with(kernels, logits, labels.clone()).into_scalar::<f64>(), sampled.loss);
     let ghat = SampledLabelHessian::gradients_for_labels(&model, inputs.clone(), labels.clone()).unwrap();
     check_grads("sampled", &model, &ghat, &sampled.grads, &expected.param_order);
 

@@ -282,12 +282,19 @@ fn bad_configs_inputs_and_weights_are_errors() {
 }
 
 #[test]
-fn generation_respects_block_size_top_k_and_seed() {
+fn generation_slides_over_the_context_and_respects_top_k_and_seed() {
     let device = Device::flex();
     let model = Gpt2::new(&tiny(), &device, 6).unwrap();
-    let options = sophia_gpt2::GenerateOptions { max_new_tokens: 100, top_k: Some(1), seed: 1, ..Default::default() };
+    let options = sophia_gpt2::GenerateOptions { max_new_tokens: 30, top_k: Some(1), seed: 1, ..Default::default() };
     let out = model.generate(&[1, 2, 3], &options).unwrap();
-    assert_eq!(out.len(), 12 - 3, "stops when the sequence fills block_size");
+    assert_eq!(out.len(), 30, "generates past block_size (12) on the last 12 tokens");
+    // Past the context, the next token depends on the last block_size tokens only: greedy
+    // decoding of the window ending at token 20 gives token 21.
+    let all: Vec<u32> = [1, 2, 3].into_iter().chain(out.iter().copied()).collect();
+    let window: Vec<i64> = all[21 - 12..21].iter().map(|&t| t as i64).collect();
+    let logits = model.forward(Tensor::<2, Int>::from_data(TensorData::new(window, [1, 12]), &device)).unwrap();
+    let next = logits.narrow(1, 11, 1).argmax(2).into_data().convert::<i64>().try_to_vec::<i64>().unwrap()[0];
+    assert_eq!(all[21] as i64, next, "the window slides");
     // top-k = 1 is greedy: each token is the argmax of the logits.
     let logits = model.forward(tokens(&[1, 2, 3], &device)).unwrap();
     let greedy = logits.narrow(1, 2, 1).argmax(2).into_data().convert::<i64>().try_to_vec::<i64>().unwrap()[0];

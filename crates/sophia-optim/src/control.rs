@@ -28,6 +28,7 @@ use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Bool, Device, Int, Tensor};
 
+use crate::auto_rho::AutoRho;
 use crate::clip::GlobalNormClip;
 use crate::estimator::{HessianEstimator, Refresh};
 
@@ -65,10 +66,24 @@ impl Schedule {
 /// What the per-tensor step of the current module-level pass does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Pass {
-    /// Update the weights; count the coordinates whose step is not clipped if asked.
-    Update { count_wins: bool },
+    /// Update the weights, counting the coordinates whose step is not clipped for whom asks.
+    Update { wins: WinCount },
     /// Fold the estimate into `h`; weights untouched.
     Refresh,
+}
+
+/// Who an update's win count is for: the logged statistics, the automatic `ρ`, both or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WinCount {
+    stats: bool,
+    auto_rho: bool,
+}
+
+impl WinCount {
+    /// Whether the update counts its wins at all.
+    pub(crate) fn any(self) -> bool {
+        self.stats || self.auto_rho
+    }
 }
 
 /// Why a refresh failed: its estimate could not be made, or did not fit the parameters.
@@ -149,10 +164,12 @@ impl HessianFigures {
     }
 }
 
-/// What a checkpoint says about the optimizer state: updates taken and the `h` of each parameter.
+/// What a checkpoint says about the optimizer state: updates taken, the clipping scale in force
+/// and the `h` of each parameter.
 #[derive(Clone)]
 pub(crate) struct Restored {
     pub(crate) updates: usize,
+    pub(crate) scale: Option<f64>,
     pub(crate) hessians: Vec<Tensor<1>>,
 }
 
@@ -170,6 +187,9 @@ struct DeviceState {
     /// Per parameter: coordinates not clipped, since the last `stats()`.
     not_clipped: Vec<Tensor<1, Int>>,
     update_coordinates: u64,
+    /// The same since the last refresh, for the automatic `ρ`.
+    wins_since_refresh: Vec<Tensor<1, Int>>,
+    coordinates_since_refresh: u64,
     hessian: HessianFigures,
 }
 
@@ -188,6 +208,8 @@ impl DeviceState {
             updated: 0,
             not_clipped: Vec::new(),
             update_coordinates: 0,
+            wins_since_refresh: Vec::new(),
+            coordinates_since_refresh: 0,
             hessian,
         }
     }
@@ -215,6 +237,9 @@ impl Devices {
 struct Shared {
     schedule: Schedule,
     refresh_clip: Option<GlobalNormClip>,
+    /// `ρ` (SophiaG) or `γ` (SophiaH) in force; changes at refreshes with `auto_rho`.
+    scale: Mutex<f64>,
+    auto_rho: Option<AutoRho>,
     collect_win_rate: AtomicBool,
     devices: Mutex<Devices>,
 }
@@ -233,15 +258,26 @@ impl std::fmt::Debug for SophiaControl {
 }
 
 impl SophiaControl {
-    pub(crate) fn new(schedule: Schedule, refresh_clip: Option<GlobalNormClip>) -> Self {
+    pub(crate) fn new(schedule: Schedule, refresh_clip: Option<GlobalNormClip>, scale: f64, auto_rho: Option<AutoRho>) -> Self {
         Self {
             shared: Arc::new(Shared {
                 schedule,
                 refresh_clip,
+                scale: Mutex::new(scale),
+                auto_rho,
                 collect_win_rate: AtomicBool::new(false),
                 devices: Mutex::new(Devices::default()),
             }),
         }
+    }
+
+    /// The clipping scale in force: `ρ` (SophiaG) or `γ` (SophiaH).
+    pub fn scale(&self) -> f64 {
+        *self.shared.scale.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set_scale(&self, scale: f64) {
+        *self.shared.scale.lock().unwrap_or_else(PoisonError::into_inner) = scale;
     }
 
     /// The refresh schedule.
@@ -271,7 +307,8 @@ impl SophiaControl {
         } else {
             module
         };
-        let pass = Pass::Update { count_wins: self.shared.collect_win_rate.load(Ordering::Acquire) };
+        let wins = WinCount { stats: self.shared.collect_win_rate.load(Ordering::Acquire), auto_rho: self.shared.auto_rho.is_some() };
+        let pass = Pass::Update { wins };
         let module = self.run_pass(optim, &device, pass, |optim| optim.step(lr, module, grads));
         let after = self.updates_taken(&device);
         if after > before && schedule.due_after_update(after) {
@@ -325,6 +362,17 @@ impl SophiaControl {
         if state.updated > 0 && refreshed < state.updated {
             return Err(RefreshMismatch::Incomplete { refreshed, updated: state.updated });
         }
+        // The automatic ρ: the win rate of the updates since the previous refresh moves ρ for the
+        // updates until the next one.
+        if let Some(auto) = self.shared.auto_rho
+            && state.coordinates_since_refresh > 0
+        {
+            let counts = std::mem::take(&mut state.wins_since_refresh);
+            let wins: i64 = Tensor::cat(counts, 0).sum().into_scalar::<i64>();
+            let win_rate = wins as f64 / std::mem::take(&mut state.coordinates_since_refresh) as f64;
+            drop(devices);
+            self.set_scale(auto.next(self.scale(), win_rate));
+        }
         Ok(module)
     }
 
@@ -377,13 +425,19 @@ impl SophiaControl {
         state.updates = state.updates.max(step);
     }
 
-    pub(crate) fn record_wins<const D: usize>(&self, device: &Device, not_clipped: Tensor<D, Bool>) {
+    pub(crate) fn record_wins<const D: usize>(&self, device: &Device, not_clipped: Tensor<D, Bool>, wins: WinCount) {
         let coordinates = not_clipped.shape().num_elements() as u64;
         let count = not_clipped.int().sum();
         let mut devices = self.devices();
         let state = devices.get(device);
-        state.not_clipped.push(count);
-        state.update_coordinates += coordinates;
+        if wins.auto_rho {
+            state.wins_since_refresh.push(count.clone());
+            state.coordinates_since_refresh += coordinates;
+        }
+        if wins.stats {
+            state.not_clipped.push(count);
+            state.update_coordinates += coordinates;
+        }
     }
 
     pub(crate) fn record_refresh<const D: usize>(&self, device: &Device, hessian: &Tensor<D>) {
@@ -393,6 +447,10 @@ impl SophiaControl {
     /// Describe a loaded optimizer state: updates taken and each parameter's `h`, so that the
     /// schedule and the statistics after a resume equal those of the uninterrupted run.
     pub(crate) fn restore(&self, restored: Restored) {
+        // A fixed ρ is the configuration's; an automatic one continues where it was.
+        if let (Some(_), Some(scale)) = (self.shared.auto_rho, restored.scale) {
+            self.set_scale(scale);
+        }
         let mut devices = self.devices();
         devices.states.clear();
         devices.restored = Some(restored);

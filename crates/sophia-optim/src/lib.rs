@@ -32,6 +32,7 @@
 #[macro_use]
 mod constructors;
 
+pub mod auto_rho;
 pub mod clip;
 pub mod control;
 mod error;
@@ -42,6 +43,7 @@ pub mod schedule;
 pub mod sophia;
 pub mod tiger;
 
+pub use auto_rho::AutoRho;
 pub use clip::{GlobalNormClip, GradNorm, global_norm};
 pub use control::{RefreshError, RefreshMismatch, Schedule, SophiaControl, SophiaStats};
 pub use error::{ConfigError, Validator};

@@ -49,6 +49,9 @@ pub enum SophiaRecordError {
         /// The missing field.
         field: &'static str,
     },
+    /// Parameters disagree on the clipping scale in force.
+    #[error("the optimizer record is inconsistent: its parameters hold different clipping scales (rho or gamma)")]
+    InconsistentScale,
     /// Parameters disagree on the number of updates taken.
     #[error("the optimizer record is inconsistent: its parameters have taken between {min} and {max} updates")]
     Inconsistent {
@@ -154,11 +157,13 @@ fn read_state(bytes: Bytes) -> Result<Restored, SophiaRecordError> {
     let params: Vec<&str> = scalars.keys().filter_map(|key| key.strip_suffix(".__rank")).collect();
     let names = reader.tensor_names();
     let device = Device::default();
-    let (mut hessians, mut steps, mut refreshed) = (Vec::new(), Vec::new(), false);
+    let (mut hessians, mut steps, mut scales, mut refreshed) = (Vec::new(), Vec::new(), Vec::new(), false);
     for param in params {
         let missing = |field| SophiaRecordError::NotSophia { param: param.to_string(), field };
         let step = scalars.get(&format!("{param}.step")).ok_or_else(|| missing("step"))?;
         steps.push(usize::try_from(*step).map_err(|_| missing("step"))?);
+        let scale = scalars.get(&format!("{param}.scale")).ok_or_else(|| missing("scale"))?;
+        scales.push(f64::try_from(*scale).map_err(|_| missing("scale"))?);
         let name = format!("{param}.hessian");
         if !names.iter().any(|n| *n == name) {
             return Err(missing("hessian"));
@@ -174,5 +179,9 @@ fn read_state(bytes: Bytes) -> Result<Restored, SophiaRecordError> {
         return Err(SophiaRecordError::Inconsistent { min, max });
     }
     // An all-zero `h` means no refresh ran yet: there are no Hessian figures to describe.
-    Ok(Restored { updates: max, hessians: if refreshed { hessians } else { Vec::new() } })
+    let scale = scales.first().copied();
+    if scales.iter().any(|s| Some(*s) != scale) {
+        return Err(SophiaRecordError::InconsistentScale);
+    }
+    Ok(Restored { updates: max, scale, hessians: if refreshed { hessians } else { Vec::new() } })
 }

@@ -39,7 +39,8 @@ use burn::tensor::{Device, Tensor};
 
 use crate::LearningRate;
 use crate::clip::GlobalNormClip;
-use crate::control::{Pass, Schedule, SophiaControl};
+use crate::auto_rho::AutoRho;
+use crate::control::{Pass, Schedule, SophiaControl, WinCount};
 use crate::error::{ConfigError, Validator};
 use crate::optimizer::SophiaOptimizer;
 
@@ -74,6 +75,10 @@ pub struct SophiaGConfig {
     /// with the training run's `grad_clip`, 1.0); `None` folds `ĝ` in as given.
     #[config(default = "Some(1.0)")]
     pub refresh_grad_clip: Option<f64>,
+    /// Adjust `ρ` at every refresh so that the win rate stays between 0.1 and 0.5 (see
+    /// [`AutoRho`]); `rho` is then the starting value.
+    #[config(default = false)]
+    pub auto_rho: bool,
 }
 
 /// Configuration of [SophiaH](Sophia), the Hutchinson variant (paper, Algorithms 1 and 3).
@@ -133,13 +138,19 @@ impl SophiaVariant {
         }
     }
 
-    /// The preconditioner `D(h)`, strictly positive.
-    fn preconditioner<const D: usize>(&self, hessian: Tensor<D>) -> Tensor<D> {
+    /// The preconditioner `D(h)` with clipping scale `scale` (`ρ` or `γ`), strictly positive.
+    fn preconditioner<const D: usize>(&self, hessian: Tensor<D>, scale: f64) -> Tensor<D> {
         match *self {
-            Self::GaussNewtonBartlett { rho, batch_size, epsilon } => {
-                hessian.mul_scalar(rho * batch_size as f64).add_scalar(epsilon)
-            }
-            Self::Hutchinson { gamma, epsilon } => hessian.mul_scalar(gamma).clamp_min(epsilon),
+            Self::GaussNewtonBartlett { batch_size, epsilon, .. } => hessian.mul_scalar(scale * batch_size as f64).add_scalar(epsilon),
+            Self::Hutchinson { epsilon, .. } => hessian.mul_scalar(scale).clamp_min(epsilon),
+        }
+    }
+
+    /// The configured clipping scale: `ρ` (SophiaG) or `γ` (SophiaH).
+    pub fn scale(&self) -> f64 {
+        match *self {
+            Self::GaussNewtonBartlett { rho, .. } => rho,
+            Self::Hutchinson { gamma, .. } => gamma,
         }
     }
 
@@ -175,6 +186,9 @@ pub struct SophiaState<const D: usize> {
     pub hessian: Tensor<D>,
     /// Number of updates taken (refreshes do not count), as the official `state['step']`.
     pub step: usize,
+    /// The clipping scale in force (`ρ` for SophiaG, `γ` for SophiaH): with automatic `ρ` it
+    /// changes at refreshes, and a resumed run continues with it.
+    pub scale: f64,
 }
 
 impl SophiaGConfig {
@@ -199,7 +213,8 @@ impl SophiaGConfig {
         self.validate()?;
         let variant = SophiaVariant::GaussNewtonBartlett { rho: self.rho, batch_size: self.batch_size, epsilon: self.epsilon };
         let clip = self.refresh_grad_clip.map(GlobalNormClip::new).transpose()?;
-        Ok(Sophia::new(self.beta_1, self.beta_2, self.weight_decay, self.hessian_interval, variant, clip))
+        let auto = self.auto_rho.then(AutoRho::default);
+        Ok(Sophia::new(self.beta_1, self.beta_2, self.weight_decay, self.hessian_interval, variant, clip, auto))
     }
 }
 
@@ -219,7 +234,7 @@ impl SophiaHConfig {
     pub fn try_build(&self) -> Result<Sophia, ConfigError> {
         self.validate()?;
         let variant = SophiaVariant::Hutchinson { gamma: self.gamma, epsilon: self.epsilon };
-        Ok(Sophia::new(self.beta_1, self.beta_2, self.weight_decay, self.hessian_interval, variant, None))
+        Ok(Sophia::new(self.beta_1, self.beta_2, self.weight_decay, self.hessian_interval, variant, None, None))
     }
 }
 
@@ -234,9 +249,11 @@ impl Sophia {
         hessian_interval: usize,
         variant: SophiaVariant,
         refresh_clip: Option<GlobalNormClip>,
+        auto_rho: Option<AutoRho>,
     ) -> Self {
         let schedule = Schedule::new(hessian_interval, variant.refreshes_before_update());
-        Self { beta_1, beta_2, weight_decay, variant, control: SophiaControl::new(schedule, refresh_clip) }
+        let control = SophiaControl::new(schedule, refresh_clip, variant.scale(), auto_rho);
+        Self { beta_1, beta_2, weight_decay, variant, control }
     }
 
     /// The same optimizer with another weight decay (the control handle is shared).
@@ -259,10 +276,11 @@ impl Sophia {
             momentum: sample_input.zeros_like(),
             hessian: sample_input.zeros_like(),
             step: 0,
+            scale: self.control.scale(),
         });
         let sample = self.variant.sample(sample_input);
         let hessian = state.hessian.mul_scalar(self.beta_2).add(sample.mul_scalar(1.0 - self.beta_2));
-        SophiaState { hessian, ..state }
+        SophiaState { hessian, scale: self.control.scale(), ..state }
     }
 
     fn update<const D: usize>(
@@ -271,24 +289,25 @@ impl Sophia {
         tensor: Tensor<D>,
         grad: Tensor<D>,
         state: Option<SophiaState<D>>,
-        count_wins: bool,
+        wins: WinCount,
     ) -> (Tensor<D>, SophiaState<D>) {
         let (momentum, hessian, step) = match state {
             Some(state) => (state.momentum.mul_scalar(self.beta_1), state.hessian, state.step),
             None => (grad.zeros_like(), grad.zeros_like(), 0),
         };
+        let scale = self.control.scale();
         let momentum = momentum.add(grad.mul_scalar(1.0 - self.beta_1));
         let ratio = momentum
             .clone()
-            .div(self.variant.preconditioner(hessian.clone()))
+            .div(self.variant.preconditioner(hessian.clone(), scale))
             .clamp(-1.0, 1.0);
-        if count_wins {
-            self.control.record_wins(&ratio.device(), ratio.clone().abs().lower_elem(1.0));
+        if wins.any() {
+            self.control.record_wins(&ratio.device(), ratio.clone().abs().lower_elem(1.0), wins);
         }
         let decay = 1.0 - lr * self.weight_decay;
         let tensor = if decay == 1.0 { tensor } else { tensor.mul_scalar(decay) };
         let tensor = tensor.sub(ratio.mul_scalar(lr));
-        (tensor, SophiaState { momentum, hessian, step: step + 1 })
+        (tensor, SophiaState { momentum, hessian, step: step + 1, scale })
     }
 }
 
@@ -310,8 +329,8 @@ impl Optimizer for Sophia {
                 self.control.record_refresh(&device, &state.hessian);
                 (tensor, Some(state))
             }
-            Pass::Update { count_wins } => {
-                let (tensor, state) = self.update(lr, tensor, grad, state, count_wins);
+            Pass::Update { wins } => {
+                let (tensor, state) = self.update(lr, tensor, grad, state, wins);
                 self.control.record_update(&device, state.step);
                 (tensor, Some(state))
             }
@@ -319,10 +338,6 @@ impl Optimizer for Sophia {
     }
 
     fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
-        SophiaState {
-            momentum: state.momentum.to_device(device),
-            hessian: state.hessian.to_device(device),
-            step: state.step,
-        }
+        SophiaState { momentum: state.momentum.to_device(device), hessian: state.hessian.to_device(device), ..state }
     }
 }

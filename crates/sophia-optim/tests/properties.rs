@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use sophia_optim::hutchinson::{hessian_vector_product, rademacher};
 use std::convert::Infallible;
 
-use sophia_optim::{EstimateFn, Hutchinson, Refresh, RefreshError, RefreshMismatch, SophiaGConfig, SophiaHConfig, SophiaOptimizer};
+use sophia_optim::{AutoRho, EstimateFn, Hutchinson, Refresh, RefreshError, RefreshMismatch, SophiaGConfig, SophiaHConfig, SophiaOptimizer};
 
 #[derive(Module, Debug)]
 struct Vector {
@@ -290,4 +290,65 @@ fn a_plain_module_optimizer_step_is_refused() {
     let module = vector(&[1.0]);
     let g = grads(&module, &[1.0]);
     let _ = optim.step(0.01, module, g);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Automatic ρ.
+
+proptest! {
+    /// The rule leaves ρ alone inside the band, moves it toward the band outside it, never by
+    /// more than `max_step`, and more for win rates further from the band.
+    #[test]
+    fn auto_rho_moves_toward_the_band_by_bounded_steps(rho in 1e-4f64..10.0, w in 0.0f64..1.0, w2 in 0.0f64..1.0) {
+        let auto = AutoRho::default();
+        let next = auto.next(rho, w);
+        prop_assert!(next >= rho / auto.max_step * (1.0 - 1e-12) && next <= rho * auto.max_step * (1.0 + 1e-12));
+        if (auto.low..=auto.high).contains(&w) {
+            prop_assert_eq!(next, rho);
+        } else if w < auto.low {
+            prop_assert!(next > rho);
+        } else {
+            prop_assert!(next < rho);
+        }
+        // Monotone: a lower win rate never asks for a smaller ρ.
+        if w < w2 {
+            prop_assert!(auto.next(rho, w) >= auto.next(rho, w2));
+        }
+    }
+}
+
+#[test]
+fn auto_rho_rule_at_known_points() {
+    let auto = AutoRho::default();
+    assert_eq!(auto.next(0.05, 0.3), 0.05, "inside the band");
+    assert_eq!(auto.next(0.05, 0.0), 0.1, "no win at all: the largest step up");
+    // Win rate 0.025, band starts at 0.1: (0.1 / 0.025)^0.5 = 2.
+    assert!((auto.next(0.05, 0.025) - 0.1).abs() < 1e-15);
+    // Win rate 0.9, band ends at 0.5: (0.5 / 0.9)^0.5 ≈ 0.745.
+    assert!((auto.next(0.05, 0.9) - 0.05 * (0.5f64 / 0.9).sqrt()).abs() < 1e-15);
+    assert!(AutoRho { low: 0.5, high: 0.1, ..auto }.validate().is_err());
+    assert!(AutoRho { max_step: 1.0, ..auto }.validate().is_err());
+    assert!(auto.validate().is_ok());
+}
+
+#[test]
+fn auto_rho_raises_rho_until_coordinates_win_and_resumes_with_it() {
+    // ρ starts so small that every step is clipped; each refresh then doubles it until the win
+    // rate enters the band.
+    let config = SophiaGConfig::new(8).with_rho(1e-9).with_auto_rho(true).with_hessian_interval(1).with_refresh_grad_clip(None);
+    let mut optim = config.try_init().unwrap();
+    let mut module = vector(&[0.5, -0.25, 1.0, 2.0]);
+    let mut scales = Vec::new();
+    for _ in 0..40 {
+        module = step(&mut optim, 1e-3, module, &[0.1, -0.2, 0.3, 0.05], &[1.0, 2.0, 0.5, 1.5]);
+        scales.push(optim.control().scale());
+    }
+    assert!(scales.windows(2).take(10).all(|w| w[1] == 2.0 * w[0]), "doubles while nothing wins: {scales:?}");
+    assert!(scales[39] > 1e-6, "{scales:?}");
+    // The scale travels with the record; a fixed-ρ optimizer keeps its configured ρ.
+    let bytes = optim.into_bytes().unwrap();
+    let restored = config.try_init().unwrap().from_bytes(bytes.clone()).unwrap();
+    assert_eq!(restored.control().scale(), scales[39]);
+    let fixed = SophiaGConfig::new(8).with_rho(1e-9).with_hessian_interval(1).try_init().unwrap().from_bytes(bytes).unwrap();
+    assert_eq!(fixed.control().scale(), 1e-9);
 }

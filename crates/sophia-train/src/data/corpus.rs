@@ -9,9 +9,8 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::tokenizer::{END_OF_TEXT, Gpt2Tokenizer};
+use super::tokenizer::{CharTokenizer, Gpt2Tokenizer, Tokenizer, TokenizerKind, TokenizerSpec};
 use super::{DataError, TokenFile};
-use sophia_gpt2::GPT2_VOCAB_SIZE;
 
 /// A corpus that a fresh machine obtains from a package registry.
 #[derive(Debug, Clone, Copy)]
@@ -90,8 +89,8 @@ pub struct DatasetMeta {
     pub documents: usize,
     /// Characters of text.
     pub characters: usize,
-    /// Tokenizer.
-    pub tokenizer: String,
+    /// The tokenizer and, for characters, its vocabulary.
+    pub tokenizer: TokenizerSpec,
     /// Vocabulary size of the tokenizer.
     pub vocab_size: usize,
     /// Tokens in `train.bin`.
@@ -115,6 +114,11 @@ pub struct PreparedData {
 }
 
 impl PreparedData {
+    /// The tokenizer the token files were made with.
+    pub fn tokenizer(&self) -> Result<Tokenizer, DataError> {
+        Tokenizer::from_spec(&self.meta.tokenizer)
+    }
+
     /// The training split.
     pub fn train(&self) -> Result<TokenFile, DataError> {
         TokenFile::open(self.dir.join("train.bin"), self.meta.vocab_size)
@@ -127,10 +131,12 @@ impl PreparedData {
 }
 
 /// Prepare `data` (a name from [`CORPORA`] or a path to a UTF-8 text file or folder) under
-/// `root`: fetch and verify the package if needed, tokenize, split off the last `val_fraction`
-/// of tokens for validation and write nanoGPT's `train.bin` / `val.bin`. Work already done for
-/// the same text is reused. `progress` receives one line per stage.
-pub fn prepare(data: &str, root: &Path, val_fraction: f64, progress: &mut dyn FnMut(&str)) -> Result<PreparedData, DataError> {
+/// `root`: fetch and verify the package if needed, tokenize with `tokenizer` (documents joined by
+/// its separator; a character vocabulary is the corpus' sorted distinct characters), split off
+/// the last `val_fraction` of tokens for validation and write nanoGPT's `train.bin` /
+/// `val.bin`. Work already done for the same text and tokenizer is reused. `progress` receives
+/// one line per stage.
+pub fn prepare(data: &str, root: &Path, val_fraction: f64, tokenizer: TokenizerKind, progress: &mut dyn FnMut(&str)) -> Result<PreparedData, DataError> {
     let (label, documents) = match named_corpora(data) {
         Some(corpora) => {
             let mut documents = BTreeMap::new();
@@ -169,25 +175,33 @@ pub fn prepare(data: &str, root: &Path, val_fraction: f64, progress: &mut dyn Fn
         }
         hex(&hash.finalize())
     };
-    let dir = root.join(dir_name(&label));
+    let dir = root.join(match tokenizer {
+        TokenizerKind::Gpt2 => dir_name(&label),
+        TokenizerKind::Char => format!("{}-char", dir_name(&label)),
+    });
     let meta_path = dir.join("meta.json");
     if let Ok(text) = std::fs::read_to_string(&meta_path)
         && let Ok(meta) = serde_json::from_str::<DatasetMeta>(&text)
         && meta.text_sha256 == text_sha256
         && meta.val_fraction == val_fraction
+        && meta.tokenizer.kind == tokenizer
     {
         progress(&format!("using prepared tokens in {}", dir.display()));
         return Ok(PreparedData { dir, meta });
     }
 
-    progress(&format!("tokenizing {} documents ({characters} characters) with the GPT-2 BPE", documents.len()));
-    let tokenizer = Gpt2Tokenizer::new();
+    let tokenizer = match tokenizer {
+        TokenizerKind::Gpt2 => Tokenizer::Gpt2(Gpt2Tokenizer::new()),
+        TokenizerKind::Char => Tokenizer::Char(CharTokenizer::from_texts(documents.values().map(String::as_str))),
+    };
+    progress(&format!("tokenizing {} documents ({characters} characters) into {} tokens ({})", documents.len(), tokenizer.vocab_size(), tokenizer.spec().kind));
+    let separator = tokenizer.document_separator();
     let mut tokens: Vec<u32> = Vec::new();
     for (i, text) in documents.values().enumerate() {
         if i > 0 {
-            tokens.push(END_OF_TEXT);
+            tokens.extend(&separator);
         }
-        tokens.extend(tokenizer.encode(text));
+        tokens.extend(tokenizer.encode(text)?);
     }
     let split = ((tokens.len() as f64) * (1.0 - val_fraction)).round() as usize;
     let (train, val) = tokens.split_at(split);
@@ -199,12 +213,12 @@ pub fn prepare(data: &str, root: &Path, val_fraction: f64, progress: &mut dyn Fn
         text_sha256,
         documents: documents.len(),
         characters,
-        tokenizer: "gpt2 (tiktoken r50k_base)".into(),
-        vocab_size: GPT2_VOCAB_SIZE,
+        tokenizer: tokenizer.spec(),
+        vocab_size: tokenizer.vocab_size(),
         train_tokens: train.len(),
         val_tokens: val.len(),
         val_fraction,
-        unigram_val_loss: unigram_loss(train, val),
+        unigram_val_loss: unigram_loss(train, val, tokenizer.vocab_size()),
     };
     let json = serde_json::to_string_pretty(&meta).expect("meta serializes");
     crate::fs::write_atomic(&meta_path, json.as_bytes()).map_err(DataError::io(&meta_path))?;
@@ -339,8 +353,8 @@ fn dir_name(label: &str) -> String {
 }
 
 /// Cross-entropy of `val` under the add-one smoothed unigram distribution of `train`.
-fn unigram_loss(train: &[u32], val: &[u32]) -> f64 {
-    let mut counts = vec![1.0f64; GPT2_VOCAB_SIZE];
+fn unigram_loss(train: &[u32], val: &[u32], vocab_size: usize) -> f64 {
+    let mut counts = vec![1.0f64; vocab_size];
     for &t in train {
         counts[t as usize] += 1.0;
     }

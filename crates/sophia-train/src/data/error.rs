@@ -85,6 +85,17 @@ pub enum DataError {
     /// Tokenizing or decoding failed.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// A tokenizer name that does not exist.
+    #[error("unknown tokenizer `{0}`; choose char or gpt2")]
+    UnknownTokenizer(String),
+    /// A character the character vocabulary does not have.
+    #[error("character {character:?} (at position {position}) is not in the vocabulary the model was trained on")]
+    UnknownCharacter {
+        /// The character.
+        character: char,
+        /// Its position in the text.
+        position: usize,
+    },
 }
 
 impl DataError {

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use sophia_gpt2::{Gpt2, Gpt2Config};
 
 use super::config::TrainConfig;
-use crate::data::DatasetMeta;
+use crate::data::{DatasetMeta, TokenizerSpec};
 
 /// Everything about a checkpoint that is not a tensor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,6 +49,8 @@ pub struct CheckpointState {
     pub model: Gpt2Config,
     /// SHA-256 of the corpus text the run trains on.
     pub data_sha256: String,
+    /// The tokenizer and, for characters, its vocabulary.
+    pub tokenizer: TokenizerSpec,
 }
 
 /// The files of a checkpoint, with their sizes and checksums (`manifest.json`).
@@ -314,6 +316,9 @@ impl Checkpoints {
         }
         if state.data_sha256 != data.text_sha256 {
             return mismatch("the corpus", state.data_sha256.clone(), data.text_sha256.clone());
+        }
+        if state.tokenizer != data.tokenizer {
+            return mismatch("the tokenizer", format!("{:?}", state.tokenizer), format!("{:?}", data.tokenizer));
         }
         let model_path = dir.join(MODEL);
         let model = model.load_safetensors(&model_path).map_err(|e| corrupt(model_path.clone(), e.to_string()))?;

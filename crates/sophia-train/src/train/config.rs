@@ -22,6 +22,7 @@ use sophia_backend::Backend;
 use sophia_gpt2::{Gpt2Config, Precision};
 use sophia_optim::{ConfigError, Validator};
 
+use crate::data::{DatasetMeta, TokenizerKind};
 use crate::error::SettingError;
 
 /// The optimizers a run can use, by name.
@@ -91,6 +92,86 @@ impl std::fmt::Display for OptimizerKind {
     }
 }
 
+/// SophiaG's `ρ`: a number, or `"auto"` to keep the win rate between 0.1 and 0.5 by adjusting
+/// `ρ` at every refresh (starting from 0.05; see `sophia_optim::AutoRho`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rho {
+    /// A fixed `ρ`.
+    Fixed(f64),
+    /// Automatic `ρ`.
+    Auto,
+}
+
+/// Where an automatic `ρ` starts (the CPU presets' fixed `ρ`).
+pub const AUTO_RHO_START: f64 = 0.05;
+
+impl Rho {
+    /// The fixed value, or where the automatic one starts.
+    pub fn initial(self) -> f64 {
+        match self {
+            Self::Fixed(rho) => rho,
+            Self::Auto => AUTO_RHO_START,
+        }
+    }
+}
+
+impl std::fmt::Display for Rho {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Fixed(rho) => write!(f, "{rho}"),
+            Self::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+impl std::str::FromStr for Rho {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim() {
+            "auto" => Ok(Self::Auto),
+            number => {
+                let rho: f64 = number.parse().map_err(|_| format!("expected a number or \"auto\", got `{text}`"))?;
+                if rho.is_finite() { Ok(Self::Fixed(rho)) } else { Err("must be a finite number or \"auto\"".into()) }
+            }
+        }
+    }
+}
+
+impl Serialize for Rho {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Fixed(rho) => serializer.serialize_f64(*rho),
+            Self::Auto => serializer.serialize_str("auto"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Rho {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Rho;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a number or \"auto\"")
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Rho, E> {
+                Ok(Rho::Fixed(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Rho, E> {
+                Ok(Rho::Fixed(v as f64))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Rho, E> {
+                Ok(Rho::Fixed(v as f64))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Rho, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
 /// SophiaG (Gauss-Newton-Bartlett: sampled-label `ĝ`, refreshed after every `k` updates).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -101,8 +182,8 @@ pub struct SophiaGSettings {
     /// refreshes, and `h` has no bias correction, so a long EMA would stay far below its
     /// steady state.
     pub beta2: f64,
-    /// Clipping scale `ρ` (the official code's `rho`).
-    pub rho: f64,
+    /// Clipping scale `ρ` (the official code's `rho`), or `"auto"`.
+    pub rho: Rho,
     /// `ε` of the preconditioner `ρ·bs·h + ε`.
     pub epsilon: f64,
     /// Refresh interval `k` (updates).
@@ -119,7 +200,7 @@ impl Default for SophiaGSettings {
         Self {
             beta1: 0.965,
             beta2: 0.95,
-            rho: 0.05,
+            rho: Rho::Fixed(0.05),
             epsilon: 1e-15,
             hessian_interval: 10,
             hessian_batch_fraction: 1.0,
@@ -283,7 +364,7 @@ impl OptimizerConfig {
         match (self, key) {
             (Self::SophiaG(s), "beta1") => s.beta1 = parse(key, value)?,
             (Self::SophiaG(s), "beta2") => s.beta2 = parse(key, value)?,
-            (Self::SophiaG(s), "rho") => s.rho = parse(key, value)?,
+            (Self::SophiaG(s), "rho") => s.rho = value.parse().map_err(|reason| SettingError::Value { key: key.into(), value: value.into(), reason })?,
             (Self::SophiaG(s), "epsilon") => s.epsilon = parse(key, value)?,
             (Self::SophiaG(s), "hessian_interval") => s.hessian_interval = parse(key, value)?,
             (Self::SophiaG(s), "hessian_batch_fraction") => s.hessian_batch_fraction = parse(key, value)?,
@@ -317,7 +398,9 @@ impl OptimizerConfig {
                 let v = Validator::new("SophiaG");
                 v.unit_interval("beta1", s.beta1)?;
                 v.unit_interval("beta2", s.beta2)?;
-                v.positive("rho", s.rho)?;
+                if let Rho::Fixed(rho) = s.rho {
+                    v.positive("rho", rho)?;
+                }
                 v.positive("epsilon", s.epsilon)?;
                 v.at_least_one("hessian_interval", s.hessian_interval)?;
                 fraction(&v, s.hessian_batch_fraction)
@@ -409,6 +492,8 @@ pub struct TrainConfig {
     pub data_dir: PathBuf,
     /// Fraction of the corpus held out for validation.
     pub val_fraction: f64,
+    /// Tokenizer: characters (nanoGPT's `shakespeare_char`) or the GPT-2 BPE.
+    pub tokenizer: TokenizerKind,
     /// Backend.
     pub backend: Backend,
     /// Precision of the model's matrix products (`bf16`: mixed precision with f32 weights,
@@ -472,6 +557,7 @@ impl Default for TrainConfig {
             data: "shakespeare".into(),
             data_dir: "data".into(),
             val_fraction: 0.1,
+            tokenizer: TokenizerKind::Gpt2,
             backend: Backend::Flex,
             precision: Precision::F32,
             preset: "cpu-3m".into(),
@@ -545,7 +631,7 @@ impl HyperparameterPreset {
         // SophiaG β = (0.965, 0.99), k = 10.
         let paper_adamw = || OptimizerConfig::AdamW(AdamWSettings { beta1: 0.9, beta2: 0.95, epsilon: 1e-8 });
         let paper_lion = || OptimizerConfig::Lion(LionSettings { beta1: 0.95, beta2: 0.98 });
-        let paper_sophia = |rho| OptimizerConfig::SophiaG(SophiaGSettings { beta2: 0.99, rho, ..SophiaGSettings::default() });
+        let paper_sophia = |rho| OptimizerConfig::SophiaG(SophiaGSettings { beta2: 0.99, rho: Rho::Fixed(rho), ..SophiaGSettings::default() });
         let preset = |name, model, optimizer, lr, weight_decay| Self { name, model, optimizer, lr, weight_decay };
         Ok(match name {
             "paper-125m-adamw" => preset("paper-125m-adamw", "gpt2", paper_adamw(), 6e-4, 0.1),
@@ -608,6 +694,7 @@ impl TrainConfig {
             "data" => self.data = value.to_string(),
             "data_dir" => self.data_dir = value.into(),
             "val_fraction" => self.val_fraction = parse(key, value)?,
+            "tokenizer" => self.tokenizer = value.parse().map_err(|e: crate::data::DataError| SettingError::Value { key: key.into(), value: value.into(), reason: e.to_string() })?,
             "backend" => self.backend = value.parse().map_err(|e: sophia_backend::BackendError| SettingError::Value { key: key.into(), value: value.into(), reason: e.to_string() })?,
             "precision" => self.precision = value.parse().map_err(|e: sophia_gpt2::ModelError| SettingError::Value { key: key.into(), value: value.into(), reason: e.to_string() })?,
             "preset" => self.preset = value.to_string(),
@@ -683,6 +770,29 @@ impl TrainConfig {
         Ok(model)
     }
 
+    /// The model config for the prepared data: [`model_config`](Self::model_config) with the
+    /// tokenizer's vocabulary (a full `model` may have a larger, padded vocabulary).
+    pub fn model_config_for(&self, data: &DatasetMeta) -> Result<Gpt2Config, sophia_gpt2::ModelError> {
+        self.model_config_with_vocab(data.vocab_size)
+    }
+
+    /// [`model_config`](Self::model_config) for a tokenizer of `vocab_size` tokens.
+    pub fn model_config_with_vocab(&self, vocab_size: usize) -> Result<Gpt2Config, sophia_gpt2::ModelError> {
+        let mut model = self.model_config()?;
+        match self.model {
+            None => model.vocab_size = vocab_size,
+            Some(_) if model.vocab_size < vocab_size => {
+                return Err(sophia_gpt2::ModelError::Invalid {
+                    field: "vocab_size",
+                    value: model.vocab_size.to_string(),
+                    requirement: format!("must hold the tokenizer's {vocab_size} tokens ({})", self.tokenizer),
+                });
+            }
+            Some(_) => {}
+        }
+        Ok(model)
+    }
+
     /// Tokens per optimizer step (Sophia's `bs`).
     pub fn tokens_per_step(&self, block_size: usize) -> usize {
         self.batch_size * self.grad_accum * block_size
@@ -730,7 +840,7 @@ impl TrainConfig {
 
 /// The settings of [`TrainConfig`] that `--set` accepts (the optimizer's come on top).
 pub const TRAIN_SETTINGS: &[&str] = &[
-    "name", "out_dir", "data", "data_dir", "val_fraction", "backend", "precision", "preset", "block_size", "dropout", "optimizer", "lr",
+    "name", "out_dir", "data", "data_dir", "val_fraction", "tokenizer", "backend", "precision", "preset", "block_size", "dropout", "optimizer", "lr",
     "min_lr", "warmup_steps", "max_steps", "weight_decay", "decay", "grad_clip", "batch_size", "grad_accum", "eval_interval",
     "eval_batches", "log_interval", "checkpoint_interval", "keep_checkpoints", "sample_tokens", "sample_prompt", "on_nonfinite",
     "seed", "plots",

@@ -35,6 +35,9 @@ pub struct MetricRecord {
     /// Mean of Sophia's Hessian EMA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hessian_mean: Option<f64>,
+    /// Sophia's clipping scale in force (`ρ`, which moves with automatic `ρ`; or `γ`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rho: Option<f64>,
     /// Training throughput since the previous log line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens_per_sec: Option<f64>,

@@ -9,7 +9,7 @@ use burn::optim::{AdamWConfig, AdjustLrFn, GradientsParams, LionConfig, ModuleOp
 use sophia_gpt2::Gpt2;
 use sophia_optim::{HessianEstimator, SophiaGConfig, SophiaHConfig, SophiaOptimizer, SophiaStats, TigerConfig};
 
-use super::config::{AdamWSettings, DecaySelection, OptimizerConfig, TrainConfig};
+use super::config::{AdamWSettings, DecaySelection, OptimizerConfig, Rho, TrainConfig};
 use crate::error::TrainError;
 
 /// The optimizer of a training run.
@@ -77,7 +77,8 @@ impl RunOptimizer {
                 let sophia = SophiaGConfig::new(tokens_per_step)
                     .with_beta_1(s.beta1)
                     .with_beta_2(s.beta2)
-                    .with_rho(s.rho)
+                    .with_rho(s.rho.initial())
+                    .with_auto_rho(s.rho == Rho::Auto)
                     .with_epsilon(s.epsilon)
                     .with_weight_decay(wd)
                     .with_hessian_interval(s.hessian_interval)
@@ -171,6 +172,14 @@ impl RunOptimizer {
     pub fn stats(&self) -> Option<SophiaStats> {
         match self {
             Self::Sophia(optim) => Some(optim.stats()),
+            Self::Plain(_) => None,
+        }
+    }
+
+    /// Sophia's clipping scale in force (`ρ` or `γ`; it moves with automatic `ρ`).
+    pub fn scale(&self) -> Option<f64> {
+        match self {
+            Self::Sophia(optim) => Some(optim.control().scale()),
             Self::Plain(_) => None,
         }
     }

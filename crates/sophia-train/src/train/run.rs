@@ -18,7 +18,7 @@ use super::checkpoint::{CheckpointState, Checkpoints};
 use super::config::{NonFinitePolicy, OptimizerConfig, TrainConfig};
 use super::metrics::{self, MetricRecord, MetricsLog};
 use super::optimizer::{RunEstimator, RunOptimizer};
-use crate::data::{Batch, BatchSampler, Gpt2Tokenizer, TokenFile, prepare};
+use crate::data::{Batch, BatchSampler, TokenFile, Tokenizer, prepare};
 use crate::error::{TrainError, io_err};
 use crate::plot::{self, Panel, Series};
 
@@ -76,11 +76,13 @@ pub struct TrainSummary {
 pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<TrainSummary, TrainError> {
     // ---- Settings, device, data ---------------------------------------------------------
     config.validate()?;
-    let model_config = config.model_config()?;
+    config.model_config()?;
     let device: Device = config.backend.device()?.autodiff();
     config.precision.check_device(&device)?;
     let say = |line: &str| eprintln!("{line}");
-    let data = prepare(&config.data, &config.data_dir, config.val_fraction, &mut |line| say(line))?;
+    let data = prepare(&config.data, &config.data_dir, config.val_fraction, config.tokenizer, &mut |line| say(line))?;
+    let tokenizer = data.tokenizer()?;
+    let model_config = config.model_config_for(&data.meta)?;
     let (train_tokens, val_tokens) = (data.train()?, data.val()?);
     let block = model_config.block_size;
     let sampler = BatchSampler::new(config.seed, config.batch_size, block);
@@ -112,6 +114,8 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<TrainSummary,
     std::fs::create_dir_all(&run_dir).map_err(io_err(&run_dir))?;
     let config_path = run_dir.join("config.json");
     crate::fs::write_json(&config_path, config).map_err(io_err(&config_path))?;
+    let tokenizer_path = run_dir.join("tokenizer.json");
+    crate::fs::write_json(&tokenizer_path, &tokenizer.spec()).map_err(io_err(&tokenizer_path))?;
     let log = MetricsLog::open(&run_dir, options.resume.then_some(start)).map_err(io_err(&run_dir))?;
     let schedule = WarmupCosineConfig::new(config.lr, config.warmup_steps, config.max_steps).with_min_lr(config.min_lr).try_init()?;
     let step_fn = TrainingStep::new(config, &device)?;
@@ -185,6 +189,7 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<TrainSummary,
                 grad_norm: Some(norm.total_norm),
                 win_rate: final_win_rate,
                 hessian_mean: stats.and_then(|s| s.hessian_mean),
+                rho: optimizer.scale(),
                 tokens_per_sec: Some(tokens_per_sec),
                 ..record("train", done, tokens, now, lr)
             };
@@ -209,7 +214,8 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<TrainSummary,
             log.append(&entry).map_err(io_err(log.path()))?;
             emit(&bar, format!("step {done:>5}  eval: train {train_eval:.4}  val {val:.4}  (unigram {:.3})", data.meta.unigram_val_loss));
             if config.sample_tokens > 0 {
-                let text = sample_text(&eval_model, config, done as u64)?;
+                let options = GenerateOptions { max_new_tokens: config.sample_tokens, seed: done as u64, ..GenerateOptions::default() };
+                let text = sample_text(&eval_model, &tokenizer, &config.sample_prompt, &options)?;
                 emit(&bar, format!("---- sample at step {done} ----\n{text}\n----"));
                 let path = run_dir.join("samples.txt");
                 let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
@@ -227,6 +233,7 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<TrainSummary,
                 config: config.clone(),
                 model: model_config.clone(),
                 data_sha256: data.meta.text_sha256.clone(),
+                tokenizer: tokenizer.spec(),
             };
             checkpoints.save(&model, optimizer.to_record(), &state)?;
         }
@@ -278,6 +285,7 @@ fn record(kind: &str, step: usize, tokens: u64, time: f64, lr: f64) -> MetricRec
         grad_norm: None,
         win_rate: None,
         hessian_mean: None,
+        rho: None,
         tokens_per_sec: None,
         skipped: false,
     }
@@ -303,13 +311,34 @@ fn mean_loss(model: &Gpt2, sampler: &BatchSampler, tokens: &TokenFile, stream: u
     Ok(total / batches as f64)
 }
 
-fn sample_text(model: &Gpt2, config: &TrainConfig, seed: u64) -> Result<String, TrainError> {
-    let tokenizer = Gpt2Tokenizer::new();
-    let prompt = tokenizer.encode(&config.sample_prompt);
-    let prompt = if prompt.is_empty() { vec![crate::data::END_OF_TEXT] } else { prompt };
-    let options = GenerateOptions { max_new_tokens: config.sample_tokens, seed, ..GenerateOptions::default() };
-    let new = model.generate(&prompt, &options)?;
-    Ok(format!("{}{}", config.sample_prompt, tokenizer.decode(&new)?))
+/// Text from a finished run's model (`run_dir/model.safetensors`), decoded with the tokenizer
+/// stored beside it: `tokens` tokens continuing `prompt`, sampled with `options`.
+pub fn sample_run(run_dir: &Path, prompt: &str, options: &GenerateOptions) -> Result<String, TrainError> {
+    let config = TrainConfig::from_file(&run_dir.join("config.json"))?;
+    let spec_path = run_dir.join("tokenizer.json");
+    let spec = crate::fs::read_json(&spec_path).map_err(io_err(&spec_path))?;
+    let tokenizer = Tokenizer::from_spec(&spec)?;
+    let device = config.backend.device()?;
+    let model_path = run_dir.join("model.safetensors");
+    if !model_path.is_file() {
+        return Err(TrainError::Io {
+            path: model_path,
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no exported model: the run has not finished (resume it with --resume)"),
+        });
+    }
+    let model = Gpt2::new(&config.model_config_with_vocab(tokenizer.vocab_size())?, &device, 0)?.load_safetensors(&model_path)?;
+    sample_text(&model, &tokenizer, prompt, options)
+}
+
+/// Text continuing `prompt` (a document separator when empty; its last `block_size` tokens are
+/// the context), sampled from `model` with `options`, decoded with the tokenizer it was trained
+/// with.
+pub fn sample_text(model: &Gpt2, tokenizer: &Tokenizer, prompt: &str, options: &GenerateOptions) -> Result<String, TrainError> {
+    let encoded = tokenizer.encode(prompt)?;
+    let encoded = if encoded.is_empty() { tokenizer.document_separator() } else { encoded };
+    let block = model.config().block_size;
+    let new = model.generate(&encoded[encoded.len().saturating_sub(block)..], options)?;
+    Ok(format!("{prompt}{}", tokenizer.decode(&new)?))
 }
 
 /// A line above the progress bar, or on stderr when there is no bar.
@@ -361,6 +390,11 @@ pub fn plot_run(run_dir: &Path, metrics_path: &Path) -> Result<(), TrainError> {
     let win = series("win rate", "train", |r| r.win_rate);
     if !win.points.is_empty() {
         panels.push(Panel { title: "Sophia win rate".into(), x_label: "step".into(), y_label: "fraction not clipped".into(), log_y: false, series: vec![win] });
+    }
+    // An automatic ρ moves: show where it went.
+    let rho = series("rho", "train", |r| r.rho);
+    if rho.points.windows(2).any(|w| w[0].1 != w[1].1) {
+        panels.push(Panel { title: "Sophia's automatic rho".into(), x_label: "step".into(), y_label: "rho".into(), log_y: true, series: vec![rho] });
     }
     Ok(plot::draw(&run_dir.join("training"), &panels)?)
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sophia_optim::ConfigError;
 
-use super::config::{OptimizerConfig, TrainConfig};
+use super::config::{OptimizerConfig, Rho, TrainConfig};
 use super::run::{RunOptions, TrainSummary, train};
 use crate::error::{TrainError, io_err};
 use crate::plot::{self, Panel, Series};
@@ -50,7 +50,7 @@ pub struct SweepSettings {
 /// SophiaG's ρ in `config`, if it trains with SophiaG.
 fn rho_of(config: &TrainConfig) -> Option<f64> {
     match &config.optimizer {
-        OptimizerConfig::SophiaG(s) => Some(s.rho),
+        OptimizerConfig::SophiaG(s) => Some(s.rho.initial()),
         _ => None,
     }
 }
@@ -67,7 +67,7 @@ impl SweepSettings {
     pub fn apply(&self, base: &TrainConfig) -> TrainConfig {
         let mut optimizer = base.optimizer.clone();
         if let (OptimizerConfig::SophiaG(s), Some(rho)) = (&mut optimizer, self.rho) {
-            s.rho = rho;
+            s.rho = Rho::Fixed(rho);
         }
         TrainConfig {
             lr: self.lr,

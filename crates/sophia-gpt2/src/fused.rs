@@ -1,0 +1,280 @@
+//! The fused kernels of [`loss`](crate::loss) on Burn's `flex` CPU backend: one row-parallel
+//! pass per operation over `[rows × vocab]` f32 logits, vectorised for the CPU they run on.
+//!
+//! - cross-entropy forward: per row `m = max x`, `s = Σ exp(x − m)` (8 partial sums, so the loop
+//!   vectorises), `lse = m + ln s`, `loss_i = lse − x_t`; the mean over rows, summed in f64;
+//! - cross-entropy backward: `g/N · (exp(x − lse) − [j = t])`, written once;
+//! - sampled label: the same max and sum, then a scan for the first `j` whose cumulative
+//!   `exp(x − m)` exceeds `u·s`.
+//!
+//! `exp` is a Cephes-style polynomial (range reduction by `ln 2`, degree-6 minimax polynomial,
+//! relative error below 2e-7) that the compiler vectorises; rows run in parallel with rayon.
+//! Autodiff goes through a hand-written backward node that keeps the logits, the targets and
+//! the per-row log-sum-exp, so the backward pass is one pass and nothing is recomputed.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Flex, TensorMetadata, flex::FlexTensor};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use rayon::prelude::*;
+
+/// Autodiff over flex with the default (no) gradient checkpointing: the devices this crate's
+/// models train on. Tensors of another strategy take the composed path.
+type AutodiffFlex = Autodiff<Flex, NoCheckpointing>;
+
+/// Whether the fused kernels serve `logits`: f32 on the flex backend.
+pub(crate) fn applies<const D: usize>(logits: &Tensor<D>) -> bool {
+    logits.dtype() == DType::F32 && logits.device().inner() == Device::flex()
+}
+
+/// Mean cross-entropy of `logits` `[rows, vocab]` against `targets` `[rows]`.
+pub(crate) fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
+    let targets = flex_int(targets);
+    match logits.clone().try_into_primitive::<AutodiffFlex>() {
+        Ok(tracked) => Tensor::from_primitive::<AutodiffFlex>(differentiable_cross_entropy(tracked, targets)),
+        Err(_) => match logits.clone().try_into_primitive::<Flex>() {
+            Ok(plain) => Tensor::from_primitive::<Flex>(forward(&plain, &targets).0),
+            // Autodiff with gradient checkpointing: the composed operations.
+            Err(_) => {
+                let targets = Tensor::<1, Int>::from_primitive::<Flex>(targets).to_device(&logits.device());
+                crate::loss::cross_entropy_with(crate::loss::Kernels::Composed, logits.unsqueeze::<3>(), targets.unsqueeze::<2>())
+            }
+        },
+    }
+}
+
+/// Labels `[rows]` drawn from `softmax(logits)` (`[rows, vocab]`, no autodiff) with `uniforms`
+/// `[rows]`.
+pub(crate) fn sample_labels(logits: Tensor<2>, uniforms: Tensor<1>) -> Tensor<1, Int> {
+    let logits = logits.try_into_primitive::<Flex>().expect("the caller checked the backend");
+    let uniforms = uniforms.try_into_primitive::<Flex>().expect("uniforms live beside the logits");
+    let (rows, vocab) = dims(&logits);
+    let x = contiguous(&logits);
+    let u = contiguous(&uniforms);
+    let (x, u) = (x.storage::<f32>(), u.storage::<f32>());
+    let labels: Vec<i64> = x
+        .par_chunks_exact(vocab)
+        .zip(u.par_iter())
+        .map(|(row, &u)| {
+            let (max, sum) = max_and_sum_exp(row);
+            inverse_cdf(row, max, u * sum) as i64
+        })
+        .collect();
+    Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(labels, [rows])))
+}
+
+/// The cross-entropy as an autodiff operation whose backward pass is [`backward`].
+fn differentiable_cross_entropy(logits: FloatTensor<AutodiffFlex>, targets: FlexTensor) -> FloatTensor<AutodiffFlex> {
+    #[derive(Debug)]
+    struct CrossEntropyBackward;
+
+    impl Backward<Flex, 1> for CrossEntropyBackward {
+        /// The logits, the targets and the per-row log-sum-exp.
+        type State = (FlexTensor, FlexTensor, FlexTensor);
+
+        fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let (logits, targets, lse) = ops.state;
+            let grad = grads.consume::<Flex>(&ops.node);
+            if let [Some(parent)] = &ops.parents {
+                grads.register::<Flex>(parent.id, backward(&logits, &targets, &lse, &grad));
+            }
+        }
+    }
+
+    match CrossEntropyBackward.prepare::<NoCheckpointing>([logits.node()]).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => {
+            let x = logits.into_primitive();
+            let (loss, lse) = forward(&x, &targets);
+            prep.finish((x, targets, lse), loss)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(forward(logits.primitive(), &targets).0),
+    }
+}
+
+/// `(mean loss [1], lse [rows])`.
+fn forward(logits: &FlexTensor, targets: &FlexTensor) -> (FlexTensor, FlexTensor) {
+    let (rows, vocab) = dims(logits);
+    let x = contiguous(logits);
+    let t = targets_of(targets);
+    let per_row: Vec<(f32, f64)> = x
+        .storage::<f32>()
+        .par_chunks_exact(vocab)
+        .zip(t.par_iter())
+        .map(|(row, &t)| {
+            let (max, sum) = max_and_sum_exp(row);
+            let lse = max + sum.ln();
+            (lse, (lse - row[t]) as f64)
+        })
+        .collect();
+    let mean = per_row.iter().map(|(_, nll)| nll).sum::<f64>() / rows as f64;
+    let lse: Vec<f32> = per_row.into_iter().map(|(lse, _)| lse).collect();
+    (FlexTensor::from_data(TensorData::new(vec![mean as f32], [1])), FlexTensor::from_data(TensorData::new(lse, [rows])))
+}
+
+/// `∂loss/∂logits = grad/N · (softmax − onehot)`.
+fn backward(logits: &FlexTensor, targets: &FlexTensor, lse: &FlexTensor, grad: &FlexTensor) -> FlexTensor {
+    let (rows, vocab) = dims(logits);
+    let x = contiguous(logits);
+    let t = targets_of(targets);
+    let lse = contiguous(lse);
+    let scale = contiguous(grad).storage::<f32>()[0] / rows as f32;
+    let mut out = vec![0.0f32; rows * vocab];
+    out.par_chunks_exact_mut(vocab)
+        .zip(x.storage::<f32>().par_chunks_exact(vocab))
+        .zip(lse.storage::<f32>().par_iter().zip(t.par_iter()))
+        .for_each(|((out, row), (&lse, &t))| {
+            softmax_row(row, lse, scale, out);
+            out[t] -= scale;
+        });
+    FlexTensor::from_data(TensorData::new(out, logits.shape()))
+}
+
+fn dims(tensor: &FlexTensor) -> (usize, usize) {
+    let shape = tensor.shape();
+    let vocab = *shape.as_slice().last().expect("at least one dimension");
+    (shape.num_elements() / vocab.max(1), vocab)
+}
+
+fn contiguous(tensor: &FlexTensor) -> FlexTensor {
+    if tensor.is_contiguous() { tensor.clone() } else { tensor.to_contiguous() }
+}
+
+fn flex_int(tensor: Tensor<1, Int>) -> FlexTensor {
+    tensor.inner().try_into_primitive::<Flex>().expect("targets live beside the logits")
+}
+
+/// The targets as row indices.
+fn targets_of(targets: &FlexTensor) -> Vec<usize> {
+    let targets = contiguous(targets);
+    match targets.dtype() {
+        DType::I64 => targets.storage::<i64>().iter().map(|&t| t as usize).collect(),
+        DType::I32 => targets.storage::<i32>().iter().map(|&t| t as usize).collect(),
+        _ => targets.into_data().convert::<i64>().iter::<i64>().map(|t| t as usize).collect(),
+    }
+}
+
+/// The instruction sets the row kernels are compiled for, best first; the CPU's best is used.
+macro_rules! multiversion {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? => $body:ident) => {
+        $(#[$doc])*
+        fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has the instructions the function is compiled for.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: as above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
+multiversion! {
+    /// `(max x, Σ exp(x − max))` of one row.
+    fn max_and_sum_exp(row: &[f32]) -> (f32, f32) => max_and_sum_exp_impl
+}
+
+multiversion! {
+    /// `out = scale · exp(row − lse)`.
+    fn softmax_row(row: &[f32], lse: f32, scale: f32, out: &mut [f32]) => softmax_row_impl
+}
+
+multiversion! {
+    /// The first index whose cumulative `exp(x − max)` exceeds `target` (the last one if none).
+    fn inverse_cdf(row: &[f32], max: f32, target: f32) -> usize => inverse_cdf_impl
+}
+
+#[inline(always)]
+fn max_and_sum_exp_impl(row: &[f32]) -> (f32, f32) {
+    // `if v > m` rather than `f32::max`: it vectorises; a NaN logit still makes the sum NaN.
+    let mut maxima = [f32::NEG_INFINITY; 16];
+    let chunks = row.chunks_exact(16);
+    for &v in chunks.remainder() {
+        maxima[0] = if v > maxima[0] { v } else { maxima[0] };
+    }
+    for chunk in chunks {
+        for (m, &v) in maxima.iter_mut().zip(chunk) {
+            *m = if v > *m { v } else { *m };
+        }
+    }
+    let max = maxima.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    let mut lanes = [0.0f32; 16];
+    let chunks = row.chunks_exact(16);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += exp(v - max);
+        }
+    }
+    let sum = lanes.iter().sum::<f32>() + tail.iter().map(|&v| exp(v - max)).sum::<f32>();
+    (max, sum)
+}
+
+#[inline(always)]
+fn softmax_row_impl(row: &[f32], lse: f32, scale: f32, out: &mut [f32]) {
+    for (o, &v) in out.iter_mut().zip(row) {
+        *o = scale * exp(v - lse);
+    }
+}
+
+#[inline(always)]
+fn inverse_cdf_impl(row: &[f32], max: f32, target: f32) -> usize {
+    let mut acc = 0.0f32;
+    let mut values = [0.0f32; 16];
+    for (c, chunk) in row.chunks(16).enumerate() {
+        for (value, &v) in values.iter_mut().zip(chunk) {
+            *value = exp(v - max);
+        }
+        let values = &values[..chunk.len()];
+        let chunk_sum: f32 = values.iter().sum();
+        if acc + chunk_sum > target {
+            for (j, &value) in values.iter().enumerate() {
+                acc += value;
+                if acc > target {
+                    return c * 16 + j;
+                }
+            }
+        }
+        acc += chunk_sum;
+    }
+    row.len() - 1
+}
+
+/// `e^x` for `x ≤ 88.7` (here always `x ≤ 0`): `2^k · p(r)`, `x = k ln 2 + r`, `|r| ≤ ln 2 / 2`,
+/// with Cephes' `expf` polynomial; branch-free so that loops over it vectorise.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Round to nearest through the float adder (1.5·2^23), which vectorises everywhere.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let k = (x * LOG2E + ROUND) - ROUND;
+    let r = x - k * LN2_HI - k * LN2_LO;
+    let p = 1.987_569_1e-4f32;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 5.000_000_1e-1;
+    let p = p * r * r + r + 1.0;
+    // Wrapping arithmetic: no overflow check in the way of vectorisation (|k| ≤ 126 here).
+    p * f32::from_bits((k as i32).wrapping_add(127).cast_unsigned().wrapping_shl(23))
+}

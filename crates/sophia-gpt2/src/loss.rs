@@ -1,0 +1,96 @@
+//! The loss over the vocabulary and the sampled labels of SophiaG's refresh: the two passes
+//! over a `[tokens × vocabulary]` tensor that dominate a step of a GPT with a large vocabulary.
+//!
+//! ```text
+//! cross-entropy:  lse_i = log Σ_j exp(x_ij)      loss = mean_i (lse_i − x_{i,t_i})
+//!                 ∂loss/∂x_ij = (exp(x_ij − lse_i) − [j = t_i]) / N
+//! sampled label:  y_i = min { j : Σ_{k ≤ j} softmax(x_i)_k > u_i },  u_i ~ Uniform(0, 1)
+//! ```
+//!
+//! Two implementations of each, chosen by [`Kernels`]:
+//!
+//! - **composed** (every backend): Burn's tensor operations (`log_softmax`, `gather`,
+//!   `cumsum`, ...), about six passes forward and as many backward for the cross-entropy;
+//! - **fused** (the `flex` CPU backend, with this crate's `flex` feature): one row-parallel SIMD
+//!   pass forward (log-sum-exp and the gather) and one backward (`softmax − onehot`), and one
+//!   scan per row for the sampled label, through Burn's backend-extension API with a hand-written
+//!   backward pass. On any other backend the fused choice runs the composed code.
+//!
+//! The uniforms of the sampled labels are drawn on the host, one per position, so the same seed
+//! gives the same labels on every backend and both implementations. Both are checked against the
+//! golden vectors and against each other.
+
+use burn::tensor::activation::{log_softmax, softmax};
+use burn::tensor::{Int, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// Which implementation of the loss and the label sampling a model uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kernels {
+    /// The fused kernels where the backend has them (flex), the composed operations elsewhere.
+    #[default]
+    Fused,
+    /// Burn's tensor operations everywhere (the reference the fused kernels are tested against).
+    Composed,
+}
+
+/// Whether the fused kernels run on `device` (the flex backend, with this crate's `flex`
+/// feature).
+pub fn fused_available(device: &burn::tensor::Device) -> bool {
+    #[cfg(feature = "flex")]
+    return device.clone().inner() == burn::tensor::Device::flex();
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = device;
+        false
+    }
+}
+
+impl std::str::FromStr for Kernels {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        match name {
+            "fused" => Ok(Self::Fused),
+            "composed" => Ok(Self::Composed),
+            other => Err(format!("unknown kernels `{other}`; choose fused or composed")),
+        }
+    }
+}
+
+/// Mean cross-entropy of `logits` `[batch, seq, vocab]` against integer `targets`
+/// `[batch, seq]`, with the fused kernel where the device has one.
+pub fn cross_entropy(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<1> {
+    cross_entropy_with(Kernels::Fused, logits, targets)
+}
+
+/// [`cross_entropy`] with the implementation `kernels` asks for.
+pub fn cross_entropy_with(kernels: Kernels, logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<1> {
+    #[cfg(feature = "flex")]
+    if kernels == Kernels::Fused && crate::fused::applies(&logits) {
+        let [batch, seq, vocab] = logits.dims();
+        return crate::fused::cross_entropy(logits.reshape([batch * seq, vocab]), targets.reshape([batch * seq]));
+    }
+    let _ = kernels;
+    log_softmax(logits, 2).gather(2, targets.unsqueeze_dim::<3>(2)).mean().neg()
+}
+
+/// Labels `[batch, seq]` drawn from `softmax(logits)` (`[batch, seq, vocab]`, not
+/// differentiated) by inverse transform sampling with one uniform per position (`uniforms`
+/// `[batch, seq]`, in `[0, 1)`).
+pub fn sample_labels_with(kernels: Kernels, logits: Tensor<3>, uniforms: Tensor<2>) -> Tensor<2, Int> {
+    let logits = logits.detach();
+    let [batch, seq, vocab] = logits.dims();
+    #[cfg(feature = "flex")]
+    if kernels == Kernels::Fused && crate::fused::applies(&logits) {
+        let inner = logits.inner().reshape([batch * seq, vocab]);
+        return crate::fused::sample_labels(inner, uniforms.reshape([batch * seq])).reshape([batch, seq]);
+    }
+    let _ = kernels;
+    // The label is the number of cumulative probabilities at or below the uniform, capped at
+    // the last token (rounding can leave the total a hair below 1).
+    let cdf = softmax(logits.inner(), 2).cumsum(2);
+    let below = cdf.lower_equal(uniforms.unsqueeze_dim::<3>(2).expand([batch, seq, vocab])).int().sum_dim(2);
+    below.clamp_max(vocab as i64 - 1).reshape([batch, seq])
+}
