@@ -30,7 +30,9 @@ pub(crate) struct TrainArgs {
     /// Optimizer (with its default hyperparameters, unless the config already chose it).
     #[arg(long, value_parser = named::<OptimizerKind>(OptimizerKind::ALL.iter().map(|k| k.name())))]
     pub(crate) optimizer: Option<OptimizerKind>,
-    /// Model preset: cpu-1m, cpu-3m, cpu-10m, cpu-30m, gpt2, gpt2-medium, gpt2-large, gpt2-xl.
+    /// Model preset: char (the default: nanoGPT's character-level model), or with the GPT-2 BPE
+    /// vocabulary cpu-1m, cpu-3m, cpu-10m, cpu-30m, gpt2, gpt2-medium, gpt2-large, gpt2-xl. The
+    /// tokenizer follows the preset unless --tokenizer says otherwise.
     #[arg(long)]
     preset: Option<String>,
     /// Corpus: shakespeare, sotu, moby-dick, several joined with `+`, or a path to a UTF-8 text
@@ -46,7 +48,7 @@ pub(crate) struct TrainArgs {
     /// Optimizer steps.
     #[arg(long)]
     pub(crate) steps: Option<usize>,
-    /// Peak learning rate.
+    /// Peak learning rate (the schedule decays to a tenth of it unless `--set min_lr=...`).
     #[arg(long, value_parser = finite)]
     pub(crate) lr: Option<f64>,
     /// Sequences per micro-batch.
@@ -99,7 +101,7 @@ pub(crate) fn config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
         config.data = v.clone();
     }
     if let Some(v) = args.tokenizer {
-        config.tokenizer = v;
+        config.tokenizer = Some(v);
     }
     if let Some(v) = &args.name {
         config.name = v.clone();
@@ -108,7 +110,10 @@ pub(crate) fn config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
         config.max_steps = v;
     }
     if let Some(v) = args.lr {
+        // The schedule's floor follows the peak (a tenth of it, as in nanoGPT) unless
+        // `--set min_lr=...` says otherwise.
         config.lr = v;
+        config.min_lr = v / 10.0;
     }
     if let Some(v) = args.batch_size {
         config.batch_size = v;

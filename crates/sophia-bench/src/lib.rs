@@ -29,7 +29,7 @@ use sophia_optim::{ConfigError, Refresh};
 use sophia_train::TrainError;
 use sophia_train::data::Batch;
 use sophia_train::plot::PlotError;
-use sophia_train::train::{RunEstimator, RunOptimizer, TrainingStep};
+use sophia_train::train::{RunEstimator, RunOptimizer, TrainConfig, TrainingStep};
 
 /// Why a benchmark could not run or write its results.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +65,14 @@ pub enum BenchError {
     /// A measurement that this machine cannot make.
     #[error("{0}")]
     Unsupported(&'static str),
+    /// A run of a configuration chosen for not diverging diverged with another seed.
+    #[error("{run} diverged: {why}; the comparison needs every seed of the chosen configuration (try smaller --lr-multipliers)")]
+    Diverged {
+        /// Which run.
+        run: String,
+        /// The training error.
+        why: String,
+    },
 }
 
 /// Write `value` as pretty JSON, crash-safe.
@@ -137,7 +145,10 @@ pub fn loss_gradient_estimator(device: &Device) -> RunEstimator<'_> {
     }))
 }
 
-/// A refresh-batch function that always gives `batch` (benchmarks measure one batch shape).
-pub fn fixed_refresh_batch(batch: Batch) -> impl Fn(Refresh) -> Batch {
-    move |_| batch.clone()
+/// A refresh-batch function that always gives the refresh batch `config` takes from the
+/// training batch `batch`: its first [`TrainConfig::hessian_batch_size`] sequences (benchmarks
+/// measure one batch shape).
+pub fn fixed_refresh_batch(config: &TrainConfig, batch: &Batch) -> impl Fn(Refresh) -> Batch + use<> {
+    let refresh = batch.first(config.hessian_batch_size().unwrap_or(batch.batch_size));
+    move |_| refresh.clone()
 }

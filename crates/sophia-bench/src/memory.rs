@@ -23,7 +23,7 @@ pub fn state_bytes(config: &TrainConfig, model: &Gpt2, device: &Device) -> Resul
     let mut optimizer = RunOptimizer::new(config, model, config.tokens_per_step(model.config().block_size))?;
     let step = TrainingStep::new(config, device)?;
     let batch = crate::synthetic_batch(1, model.config().block_size.min(8), model.config().vocab_size);
-    let refresh_batch = crate::fixed_refresh_batch(batch.clone());
+    let refresh_batch = crate::fixed_refresh_batch(config, &batch);
     let mut estimator = step.estimator(&refresh_batch)?;
     let model = crate::training_step(&step, model.clone(), &mut optimizer, 1e-4, batch, estimator.as_mut())?;
     crate::hessian_refresh(model, &mut optimizer, estimator.as_mut())?;
@@ -96,7 +96,7 @@ pub fn measure(preset: &str, optimizer: OptimizerKind, batch: usize, block: usiz
     let mut stepper = RunOptimizer::new(&config, &model, batch * block)?;
     let step = TrainingStep::new(&config, device)?;
     let synthetic = crate::synthetic_batch(batch, block, model_config.vocab_size);
-    let refresh_batch = crate::fixed_refresh_batch(synthetic.clone());
+    let refresh_batch = crate::fixed_refresh_batch(&config, &synthetic);
     let mut estimator = step.estimator(&refresh_batch)?;
     crate::sync(&model);
     // Writing 5 resets the peak (VmHWM) to the current resident size.
@@ -137,10 +137,7 @@ pub fn plot(report: &MemoryReport, stem: &Path) -> Result<(), BenchError> {
     let series = |value: fn(&MemoryEntry) -> f64| -> Vec<Series> {
         names
             .iter()
-            .map(|name| Series {
-                label: (*name).into(),
-                points: report.entries.iter().filter(|e| e.optimizer == *name).map(|e| (e.parameters as f64 / 1e6, value(e))).collect(),
-            })
+            .map(|name| Series::line(*name, report.entries.iter().filter(|e| e.optimizer == *name).map(|e| (e.parameters as f64 / 1e6, value(e))).collect()))
             .collect()
     };
     let panels = [

@@ -94,6 +94,9 @@ pub fn render(results: &Path, notes: Option<&str>) -> Result<String, crate::Benc
             "\n## Optimizer comparison (`cargo xtask bench compare`)\n"
         );
         out.push_str("![validation loss per optimizer](../results/compare.png)\n\n");
+        if results.join("compare-lr-rho.png").is_file() {
+            out.push_str("![SophiaG's learning rate × ρ](../results/compare-lr-rho.png)\n\n");
+        }
         out.push_str(&compare::markdown(&report));
         if let Some(sophia) = report.results.iter().find(|r| r.optimizer == "sophiag") {
             let ratio = sophia.step_ratio_to_adamw;
@@ -102,7 +105,7 @@ pub fn render(results: &Path, notes: Option<&str>) -> Result<String, crate::Benc
                 "\nPaper's claim: SophiaG reaches AdamW's loss in about half the steps (ratio 0.5). Measured: {}.",
                 ratio.map_or(
                     "SophiaG did not reach AdamW's final loss".into(),
-                    |r| format!("{r:.2}x ({})", verdict(r <= 0.5))
+                    |r| format!("{}x over the {} of {} seeds that reached it ({})", r.display(2), sophia.reached, sophia.runs.len(), verdict(r.mean <= 0.5))
                 )
             );
             let _ = writeln!(

@@ -138,15 +138,7 @@ pub fn plot(report: &StepReport, stem: &Path) -> Result<(), BenchError> {
     let series = |value: fn(&StepTiming) -> f64| -> Vec<Series> {
         names
             .iter()
-            .map(|name| Series {
-                label: (*name).into(),
-                points: report
-                    .timings
-                    .iter()
-                    .filter(|t| t.optimizer == *name)
-                    .map(|t| (t.parameters as f64 / 1e6, value(t)))
-                    .collect(),
-            })
+            .map(|name| Series::line(*name, report.timings.iter().filter(|t| t.optimizer == *name).map(|t| (t.parameters as f64 / 1e6, value(t))).collect()))
             .collect()
     };
     let panels = [

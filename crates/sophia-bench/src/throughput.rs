@@ -143,7 +143,7 @@ pub fn run(presets: &[&str], kernels: &[Kernels], batch: usize, block: usize, re
         let mut adamw = RunOptimizer::new(&config(OptimizerKind::AdamW), &model, batch * block)?;
         let mut sophia = RunOptimizer::new(&config(OptimizerKind::SophiaG), &model, batch * block)?;
         let (adamw_step, sophia_step) = (TrainingStep::new(&config(OptimizerKind::AdamW), device)?, TrainingStep::new(&config(OptimizerKind::SophiaG), device)?);
-        let refresh_batch = crate::fixed_refresh_batch(synthetic.clone());
+        let refresh_batch = crate::fixed_refresh_batch(&config(OptimizerKind::SophiaG), &synthetic);
         let mut estimator = sophia_step.estimator(&refresh_batch)?;
         let (mut steps, mut refreshes, mut forwards, mut samplings) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let sampler = SampledLabelHessian::new(0);
@@ -291,10 +291,7 @@ pub fn write(report: &ThroughputReport, json: &Path) -> Result<(), BenchError> {
 
 /// Tokens/s and MFU against model size; refresh cost in training steps.
 pub fn plot(report: &ThroughputReport, stem: &Path) -> Result<(), BenchError> {
-    let line = |label: &str, value: fn(&ThroughputEntry) -> f64| Series {
-        label: label.into(),
-        points: report.entries.iter().map(|e| (e.parameters as f64 / 1e6, value(e))).collect(),
-    };
+    let line = |label: &str, value: fn(&ThroughputEntry) -> f64| Series::line(label, report.entries.iter().map(|e| (e.parameters as f64 / 1e6, value(e))).collect());
     let panel = |title: String, y_label: &str, series| Panel { title, x_label: "parameters (millions)".into(), y_label: y_label.into(), log_y: false, series };
     Ok(sophia_train::plot::draw(
         stem,

@@ -3,7 +3,7 @@
 //! round trip and the plots. No timing is asserted.
 
 use burn::tensor::Device;
-use sophia_bench::compare::{CompareReport, CurvePoint, OptimizerResult, first_crossing, rank_against_adamw};
+use sophia_bench::compare::{CompareReport, CurvePoint, OptimizerResult, SeedRun, Spread, first_crossing, rank_against_adamw};
 use sophia_bench::machine::Machine;
 use sophia_bench::memory::{MemoryEntry, MemoryReport, state_bytes};
 use sophia_bench::{compare, memory, report, throughput};
@@ -17,24 +17,48 @@ fn scratch(name: &str) -> std::path::PathBuf {
     dir
 }
 
-/// A loss curve `start · decay^(step/10)` evaluated every 10 steps, 1 second per step.
-fn result(optimizer: &str, start: f64, decay: f64) -> OptimizerResult {
+/// One seed's run: a loss curve `start · decay^(step/10)` evaluated every 10 steps, 1 second
+/// per step.
+fn seed_run(seed: u64, start: f64, decay: f64) -> SeedRun {
     let curve: Vec<CurvePoint> =
         (0..=10).map(|i| CurvePoint { step: 10 * i, tokens: 5120 * i as u64, seconds: 10.0 * i as f64, val_loss: start * decay.powi(i as i32) }).collect();
-    OptimizerResult {
-        optimizer: optimizer.into(),
-        sweep: vec![compare::SweepEntry { lr: 1e-3, final_val_loss: Some(curve[10].val_loss) }, compare::SweepEntry { lr: 2e-3, final_val_loss: None }],
-        lr: 1e-3,
+    SeedRun {
+        seed,
         final_val_loss: curve[10].val_loss,
         curve,
+        win_rate: vec![(10, 0.1), (100, 0.2)],
+        tokens_per_sec: 512.0,
+        hessian_time_fraction: 0.0,
+        steps_to_target: None,
+        seconds_to_target: None,
+    }
+}
+
+/// An optimizer's result over seeds with the given curves.
+fn result(optimizer: &str, curves: &[(f64, f64)]) -> OptimizerResult {
+    let runs: Vec<SeedRun> = curves.iter().enumerate().map(|(seed, &(start, decay))| seed_run(seed as u64, start, decay)).collect();
+    let finals: Vec<f64> = runs.iter().map(|r| r.final_val_loss).collect();
+    OptimizerResult {
+        optimizer: optimizer.into(),
+        sweep: vec![
+            compare::SweepEntry { lr: 1e-3, rho: Some(0.05), final_val_loss: Some(finals[0]) },
+            compare::SweepEntry { lr: 2e-3, rho: Some(0.05), final_val_loss: None },
+            compare::SweepEntry { lr: 1e-3, rho: Some(0.1), final_val_loss: Some(finals[0] + 0.1) },
+            compare::SweepEntry { lr: 2e-3, rho: Some(0.1), final_val_loss: Some(finals[0] + 0.2) },
+        ],
+        lr: 1e-3,
+        rho: Some("0.05".into()),
+        final_val_loss: Spread::of(&finals).unwrap(),
+        runs,
         tokens_per_sec: 512.0,
         state_bytes: 8000,
         state_bytes_per_param: 8.0,
         hessian_time_fraction: 0.0,
-        final_win_rate: None,
+        final_win_rate: Some(0.2),
         steps_to_adamw_loss: None,
         step_ratio_to_adamw: None,
         seconds_to_adamw_loss: None,
+        reached: 0,
     }
 }
 
@@ -51,19 +75,51 @@ fn crossing_points_interpolate_between_evaluations() {
 }
 
 #[test]
-fn steps_to_adamw_loss_and_ratios() {
-    // AdamW halves its loss every 10 steps over 100 steps; "fast" twice as fast in log space.
-    let mut results = vec![result("adamw", 8.0, 0.5f64.sqrt()), result("fast", 8.0, 0.5), result("slow", 8.0, 0.9)];
-    let target = rank_against_adamw(&mut results).unwrap();
-    assert!((target - 8.0 * 0.5f64.sqrt().powi(10)).abs() < 1e-12);
-    assert!((results[0].steps_to_adamw_loss.unwrap() - 100.0).abs() < 1e-9);
-    assert!((results[0].step_ratio_to_adamw.unwrap() - 1.0).abs() < 1e-12);
-    // "fast" reaches 0.25 exactly at step 50.
-    assert!((results[1].steps_to_adamw_loss.unwrap() - 50.0).abs() < 1e-9, "{:?}", results[1].steps_to_adamw_loss);
-    assert!((results[1].step_ratio_to_adamw.unwrap() - 0.5).abs() < 1e-12);
-    assert!((results[1].seconds_to_adamw_loss.unwrap() - 50.0).abs() < 1e-9);
-    assert_eq!(results[2].steps_to_adamw_loss, None, "never reaches the target");
-    assert_eq!(results[2].step_ratio_to_adamw, None);
+fn spreads_are_the_mean_the_sample_deviation_and_the_range() {
+    let s = Spread::of(&[1.0, 2.0, 4.0]).unwrap();
+    assert!((s.mean - 7.0 / 3.0).abs() < 1e-12);
+    // Σ(x − x̄)² = 16/9 + 1/9 + 25/9 = 42/9, over n − 1 = 2.
+    assert!((s.std - (42.0f64 / 18.0).sqrt()).abs() < 1e-12);
+    assert_eq!((s.min, s.max, s.n), (1.0, 4.0, 3));
+    assert_eq!(Spread::of(&[5.0]).unwrap().std, 0.0);
+    assert_eq!(Spread::of(&[]), None);
+    assert_eq!(s.display(2), "2.33 ± 1.53");
+}
+
+#[test]
+fn steps_to_adamw_loss_and_ratios_over_seeds() {
+    // AdamW's two seeds halve their loss every 10 steps from 8 and from 8·√2: the mean curve
+    // is 8·(1 + √2)/2 · 0.5^i, the target its last point, reached by the mean curve at step 100.
+    let half = 0.5f64;
+    let mut results = vec![
+        result("adamw", &[(8.0, half), (8.0 * 2f64.sqrt(), half)]),
+        result("fast", &[(8.0, 0.25), (8.0, 0.3)]),
+        result("slow", &[(8.0, 0.9), (8.0, 0.95)]),
+    ];
+    let (target, adamw_steps) = rank_against_adamw(&mut results).unwrap();
+    let expected = 8.0 * (1.0 + 2f64.sqrt()) / 2.0 * half.powi(10);
+    assert!((target - expected).abs() < 1e-12, "{target} vs {expected}");
+    assert!((adamw_steps.unwrap() - 100.0).abs() < 1e-9, "{adamw_steps:?}");
+    // AdamW's first seed ends below the mean and reaches it earlier; the second never does.
+    let adamw = &results[0];
+    assert_eq!(adamw.reached, 1);
+    let first = adamw.runs[0].steps_to_target.unwrap();
+    assert!(first > 90.0 && first < 100.0, "{first}");
+    assert_eq!(adamw.runs[1].steps_to_target, None);
+    // "fast" seed 0 (quarter per 10 steps) reaches the target where 8·0.25^(s/10) crosses it,
+    // between evaluations (interpolated linearly, as every crossing).
+    let fast = &results[1];
+    assert_eq!(fast.reached, 2);
+    let curve: Vec<(f64, f64)> = fast.runs[0].curve.iter().map(|p| (p.step as f64, p.val_loss)).collect();
+    let steps = first_crossing(&curve, target).unwrap();
+    assert_eq!(fast.runs[0].steps_to_target, Some(steps));
+    let ratios = fast.step_ratio_to_adamw.unwrap();
+    assert_eq!(ratios.n, 2);
+    assert!((ratios.min - steps / 100.0).abs() < 1e-12 || (ratios.max - steps / 100.0).abs() < 1e-12, "{ratios:?}");
+    assert!(ratios.mean < 0.7 && ratios.std > 0.0, "{ratios:?}");
+    assert!((fast.seconds_to_adamw_loss.unwrap().mean - fast.steps_to_adamw_loss.unwrap().mean).abs() < 1e-9, "1 second per step");
+    let slow = &results[2];
+    assert_eq!((slow.reached, slow.steps_to_adamw_loss, slow.step_ratio_to_adamw), (0, None, None), "never reaches the target");
     // Without AdamW there is no target.
     assert_eq!(rank_against_adamw(&mut results[1..]), None);
 }
@@ -71,31 +127,38 @@ fn steps_to_adamw_loss_and_ratios() {
 #[test]
 fn compare_report_round_trips_and_draws_its_table_and_plots() {
     let dir = scratch("compare");
-    let mut results = vec![result("adamw", 8.0, 0.8), result("sophiag", 8.0, 0.7)];
-    rank_against_adamw(&mut results);
+    let mut results = vec![result("adamw", &[(8.0, 0.8), (8.2, 0.8)]), result("sophiag", &[(8.0, 0.7), (8.1, 0.72)])];
+    let ranked = rank_against_adamw(&mut results);
     let report = CompareReport {
         machine: Machine::detect("flex"),
         base: TrainConfig::default(),
-        parameters: 3_420_608,
+        parameters: 812_288,
         lr_multipliers: vec![0.5, 1.0],
-        unigram_val_loss: 6.4,
-        adamw_final_val_loss: Some(results[0].final_val_loss),
+        rhos: vec![0.05, 0.1],
+        seeds: 2,
+        unigram_val_loss: 3.3,
+        adamw_final_val_loss: ranked.map(|(t, _)| t),
+        adamw_steps: ranked.and_then(|(_, s)| s),
         results,
     };
     let json = dir.join("compare.json");
     compare::write(&report, &json).unwrap();
     let back: CompareReport = sophia_bench::read_json(&json).unwrap();
     assert_eq!(back, report);
-    for file in ["compare.png", "compare.svg"] {
+    for file in ["compare.png", "compare.svg", "compare-lr-rho.png", "compare-lr-rho.svg"] {
         assert!(std::fs::metadata(dir.join(file)).unwrap().len() > 1000, "{file}");
     }
     let table = std::fs::read_to_string(dir.join("compare.md")).unwrap();
-    assert!(table.contains("| sophiag |") && table.contains("diverged") && table.contains("1.00x"), "{table}");
+    assert!(table.contains("| sophiag |") && table.contains("diverged") && table.contains(" ± ") && table.contains("2 seeds"), "{table}");
+    let map = compare::lr_rho_heatmap(&report).unwrap();
+    assert_eq!((map.columns.len(), map.rows.len()), (2, 2));
+    assert_eq!(map.values[0][1], None, "lr 2e-3 at ρ 0.05 diverged");
+    assert_eq!(map.values[1][1], Some(report.results[1].sweep[3].final_val_loss.unwrap()));
 
     // The results page is generated from the JSON and checks the targets.
     let page = report::render(&dir, Some("## Discussion\n\nhand-written")).unwrap();
     assert!(page.contains(&report.machine.describe()), "names the machine");
-    assert!(page.contains("Paper's claim") && page.contains("hand-written"), "{page}");
+    assert!(page.contains("Paper's claim") && page.contains("hand-written") && page.contains("compare-lr-rho.png"), "{page}");
     assert!(page.contains("Not measured yet: default-run.json, bench-step.json, memory.json, throughput.json"), "{page}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -150,7 +213,7 @@ fn flops_per_token_follow_the_nanogpt_estimate() {
 }
 
 #[test]
-fn compare_trains_every_optimizer_at_its_best_learning_rate() {
+fn compare_tunes_then_runs_every_optimizer_with_several_seeds() {
     let dir = scratch("compare-run");
     let words = ["the", "king", "speaks", "to", "his", "loyal", "friend", "and", "enemy", "of", "Rome"];
     let text: String = (0..6000u64).map(|i| format!("{} ", words[(i * 7 + i / 3) as usize % words.len()])).collect();
@@ -173,18 +236,35 @@ fn compare_trains_every_optimizer_at_its_best_learning_rate() {
         plots: false,
         ..TrainConfig::default()
     };
-    let options = compare::CompareOptions { optimizers: vec![OptimizerKind::AdamW, OptimizerKind::SophiaG], base, lr_multipliers: vec![0.5, 1.0] };
+    let options = compare::CompareOptions {
+        optimizers: vec![OptimizerKind::AdamW, OptimizerKind::SophiaG],
+        base,
+        lr_multipliers: vec![0.5, 1.0],
+        rhos: vec![0.02, 0.05],
+        seeds: 2,
+        auto_rho: true,
+    };
     let report = compare::run(&options, &Default::default(), &mut |_| {}).unwrap();
-    assert_eq!(report.results.len(), 2);
+    let names: Vec<&str> = report.results.iter().map(|r| r.optimizer.as_str()).collect();
+    assert_eq!(names, ["adamw", "sophiag", "sophiag-auto"]);
+    assert_eq!((report.results[0].sweep.len(), report.results[1].sweep.len(), report.results[2].sweep.len()), (2, 4, 0), "SophiaG sweeps lr × ρ");
     for r in &report.results {
-        assert_eq!(r.sweep.len(), 2, "{r:?}");
-        let best = r.sweep.iter().filter_map(|s| s.final_val_loss).fold(f64::INFINITY, f64::min);
-        assert_eq!(r.final_val_loss, best, "the compared run is the sweep's best");
-        assert_eq!(r.curve.iter().map(|p| p.step).collect::<Vec<_>>(), [2, 4]);
+        assert_eq!(r.runs.iter().map(|run| run.seed).collect::<Vec<_>>(), [1337, 1338], "{}", r.optimizer);
+        assert_eq!(r.runs[0].curve.iter().map(|p| p.step).collect::<Vec<_>>(), [2, 4]);
+        let finals: Vec<f64> = r.runs.iter().map(|run| run.final_val_loss).collect();
+        assert_ne!(finals[0], finals[1], "{}: the seeds are different runs", r.optimizer);
+        assert_eq!(r.final_val_loss, Spread::of(&finals).unwrap());
+        assert!(r.final_val_loss.std > 0.0);
         assert_eq!(r.state_bytes_per_param, 8.0);
     }
-    assert_eq!(report.adamw_final_val_loss, Some(report.results[0].final_val_loss));
-    assert_eq!(report.results[0].step_ratio_to_adamw, Some(1.0));
-    assert!(report.results[1].hessian_time_fraction > 0.0, "SophiaG refreshed");
+    for r in &report.results[..2] {
+        let best = r.sweep.iter().filter_map(|s| s.final_val_loss).fold(f64::INFINITY, f64::min);
+        assert_eq!(r.runs[0].final_val_loss, best, "{}: the first seed is the sweep's best point", r.optimizer);
+    }
+    assert_eq!(report.results[2].lr, report.results[1].lr, "automatic ρ runs at SophiaG's best learning rate");
+    assert_eq!(report.results[2].rho.as_deref(), Some("auto"));
+    assert!(!report.results[2].runs[0].win_rate.is_empty() && report.results[1].hessian_time_fraction > 0.0, "SophiaG refreshed and logged its win rate");
+    assert_eq!(report.adamw_final_val_loss, Some(report.results[0].final_val_loss.mean));
+    assert!(compare::lr_rho_heatmap(&report).is_some());
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -88,13 +88,13 @@ pub const CHAR_VOCAB_PLACEHOLDER: usize = 96;
 /// Named model sizes: the four GPT-2 checkpoints, small CPU presets with the GPT-2 vocabulary,
 /// and nanoGPT's character-level model.
 pub const PRESETS: &[(&str, &str)] = &[
-    ("char", "nanoGPT's character-level Shakespeare model on a laptop: 4 layers, 4 heads, 128 wide, context 64, about 0.8M parameters (the vocabulary comes from the corpus; 96 characters stand in for it until then)"),
+    ("char", "nanoGPT's character-level Shakespeare model on a laptop, the default training run: 4 layers, 4 heads, 128 wide, context 64, about 0.8M parameters (the vocabulary comes from the corpus; 96 characters stand in for it until then)"),
     ("gpt2", "GPT-2 small, 124M parameters (12 layers, 12 heads, 768 wide)"),
     ("gpt2-medium", "GPT-2 medium, 355M (24 layers, 16 heads, 1024 wide)"),
     ("gpt2-large", "GPT-2 large, 774M (36 layers, 20 heads, 1280 wide)"),
     ("gpt2-xl", "GPT-2 XL, 1.56B (48 layers, 25 heads, 1600 wide)"),
     ("cpu-30m", "about 30M parameters with the GPT-2 vocabulary (6 layers, 8 heads, 384 wide)"),
-    ("cpu-3m", "about 3.4M parameters with the GPT-2 vocabulary (4 layers, 4 heads, 64 wide); the default training run"),
+    ("cpu-3m", "about 3.4M parameters with the GPT-2 vocabulary (4 layers, 4 heads, 64 wide)"),
     ("cpu-10m", "about 10M parameters with the GPT-2 vocabulary (4 layers, 4 heads, 160 wide)"),
     ("cpu-1m", "about 1M parameters with the GPT-2 vocabulary (2 layers, 2 heads, 16 wide)"),
 ];

@@ -24,7 +24,8 @@ use rand_chacha::ChaCha8Rng;
 use sophia_optim::{HessianEstimator, Refresh, draw_seed};
 
 use crate::error::ModelError;
-use crate::loss::{Kernels, cross_entropy_with, sample_labels_with};
+use crate::Kernels;
+use crate::loss::{cross_entropy_with, sample_labels_with};
 use crate::model::Gpt2;
 
 /// Draws labels from the model and turns them into the gradient SophiaG refreshes from.

@@ -10,8 +10,9 @@
 //! - [`SampledLabels`]: SophiaG's [`HessianEstimator`](sophia_optim::HessianEstimator), `ĝ` on
 //!   labels drawn from the model's softmax ([`SampledLabelHessian`] draws them).
 //! - [`Precision`]: bfloat16 matrix products with f32 weights, gradients and optimizer state.
-//! - [`loss`]: the cross-entropy and the sampled labels, fused into one pass per row on the
-//!   flex CPU backend (feature `flex`), Burn's composed operations elsewhere ([`Kernels`]).
+//! - [`loss`]: the cross-entropy and the sampled labels, and [`activation`]: the GELU, each
+//!   fused into one parallel pass on the flex CPU backend (feature `flex`), Burn's composed
+//!   operations elsewhere ([`Kernels`]).
 //! - [`GenerateOptions`] / [`Gpt2::generate`]: temperature and top-k sampling.
 //!
 //! ```no_run
@@ -33,11 +34,13 @@
 //! # Ok(()) }
 //! ```
 
+pub mod activation;
 pub mod attention;
 pub mod config;
 mod error;
 #[cfg(feature = "flex")]
 mod fused;
+pub mod kernels;
 pub mod generate;
 pub mod hessian;
 mod init;
@@ -53,6 +56,7 @@ pub use error::ModelError;
 pub use generate::{GenerateOptions, sample};
 pub use hessian::{SampledLabelGradients, SampledLabelHessian, SampledLabels};
 pub use mlp::Mlp;
-pub use loss::{Kernels, cross_entropy};
+pub use kernels::Kernels;
+pub use loss::cross_entropy;
 pub use model::{Block, Gpt2, LmHead};
 pub use precision::Precision;

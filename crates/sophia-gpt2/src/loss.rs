@@ -7,7 +7,7 @@
 //! sampled label:  y_i = min { j : Σ_{k ≤ j} softmax(x_i)_k > u_i },  u_i ~ Uniform(0, 1)
 //! ```
 //!
-//! Two implementations of each, chosen by [`Kernels`]:
+//! Two implementations of each, chosen by [`Kernels`](crate::Kernels):
 //!
 //! - **composed** (every backend): Burn's tensor operations (`log_softmax`, `gather`,
 //!   `cumsum`, ...), about six passes forward and as many backward for the cross-entropy;
@@ -22,42 +22,8 @@
 
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::{Int, Tensor};
-use serde::{Deserialize, Serialize};
 
-/// Which implementation of the loss and the label sampling a model uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kernels {
-    /// The fused kernels where the backend has them (flex), the composed operations elsewhere.
-    #[default]
-    Fused,
-    /// Burn's tensor operations everywhere (the reference the fused kernels are tested against).
-    Composed,
-}
-
-/// Whether the fused kernels run on `device` (the flex backend, with this crate's `flex`
-/// feature).
-pub fn fused_available(device: &burn::tensor::Device) -> bool {
-    #[cfg(feature = "flex")]
-    return device.clone().inner() == burn::tensor::Device::flex();
-    #[cfg(not(feature = "flex"))]
-    {
-        let _ = device;
-        false
-    }
-}
-
-impl std::str::FromStr for Kernels {
-    type Err = String;
-
-    fn from_str(name: &str) -> Result<Self, Self::Err> {
-        match name {
-            "fused" => Ok(Self::Fused),
-            "composed" => Ok(Self::Composed),
-            other => Err(format!("unknown kernels `{other}`; choose fused or composed")),
-        }
-    }
-}
+use crate::kernels::Kernels;
 
 /// Mean cross-entropy of `logits` `[batch, seq, vocab]` against integer `targets`
 /// `[batch, seq]`, with the fused kernel where the device has one.
@@ -70,7 +36,7 @@ pub fn cross_entropy_with(kernels: Kernels, logits: Tensor<3>, targets: Tensor<2
     #[cfg(feature = "flex")]
     if kernels == Kernels::Fused && crate::fused::applies(&logits) {
         let [batch, seq, vocab] = logits.dims();
-        return crate::fused::cross_entropy(logits.reshape([batch * seq, vocab]), targets.reshape([batch * seq]));
+        return crate::fused::cross_entropy::cross_entropy(logits.reshape([batch * seq, vocab]), targets.reshape([batch * seq]));
     }
     let _ = kernels;
     log_softmax(logits, 2).gather(2, targets.unsqueeze_dim::<3>(2)).mean().neg()
@@ -85,7 +51,7 @@ pub fn sample_labels_with(kernels: Kernels, logits: Tensor<3>, uniforms: Tensor<
     #[cfg(feature = "flex")]
     if kernels == Kernels::Fused && crate::fused::applies(&logits) {
         let inner = logits.inner().reshape([batch * seq, vocab]);
-        return crate::fused::sample_labels(inner, uniforms.reshape([batch * seq])).reshape([batch, seq]);
+        return crate::fused::cross_entropy::sample_labels(inner, uniforms.reshape([batch * seq])).reshape([batch, seq]);
     }
     let _ = kernels;
     // The label is the number of cumulative probabilities at or below the uniform, capped at

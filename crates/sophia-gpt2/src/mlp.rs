@@ -3,8 +3,10 @@
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::tensor::Tensor;
-use burn::tensor::activation::{gelu_approximate, relu};
+use burn::tensor::activation::relu;
 
+use crate::Kernels;
+use crate::activation::gelu_with;
 use crate::config::{Activation, Gpt2Config};
 use crate::init::ParamInit;
 use crate::precision::Precision;
@@ -20,6 +22,8 @@ pub struct Mlp {
     relu_squared: bool,
     #[module(skip)]
     pub(crate) precision: Precision,
+    #[module(skip)]
+    pub(crate) kernels: Kernels,
 }
 
 impl Mlp {
@@ -31,13 +35,14 @@ impl Mlp {
             dropout: DropoutConfig::new(config.dropout).init(),
             relu_squared: config.activation == Activation::ReluSquared,
             precision: Precision::F32,
+            kernels: Kernels::default(),
         }
     }
 
     /// `[batch, seq, n_embd]` → `[batch, seq, n_embd]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let hidden = self.precision.linear(&self.c_fc, x);
-        let hidden = if self.relu_squared { relu(hidden).square() } else { gelu_approximate(hidden) };
+        let hidden = if self.relu_squared { relu(hidden).square() } else { gelu_with(self.kernels, hidden) };
         self.dropout.forward(self.precision.linear(&self.c_proj, hidden))
     }
 }

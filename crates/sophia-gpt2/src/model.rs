@@ -14,7 +14,8 @@ use crate::attention::CausalSelfAttention;
 use crate::config::Gpt2Config;
 use crate::error::ModelError;
 use crate::init::ParamInit;
-use crate::loss::{Kernels, cross_entropy_with};
+use crate::Kernels;
+use crate::loss::cross_entropy_with;
 use crate::mlp::Mlp;
 use crate::precision::Precision;
 
@@ -105,14 +106,17 @@ impl Gpt2 {
         self
     }
 
-    /// The same model computing its loss and sampled labels with `kernels` (see
-    /// [`loss`](crate::loss)); the weights are unchanged.
+    /// The same model computing its loss, sampled labels and activations with `kernels` (see
+    /// [`kernels`](crate::kernels)); the weights are unchanged.
     pub fn with_kernels(mut self, kernels: Kernels) -> Self {
         self.kernels = kernels;
+        for block in &mut self.h {
+            block.mlp.kernels = kernels;
+        }
         self
     }
 
-    /// The implementation of the loss and the sampled labels.
+    /// The implementation of the loss, the sampled labels and the activations.
     pub fn kernels(&self) -> Kernels {
         self.kernels
     }

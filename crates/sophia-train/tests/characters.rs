@@ -60,7 +60,7 @@ fn tiny(dir: &Path, data: String) -> TrainConfig {
         out_dir: dir.join("runs"),
         data,
         data_dir: dir.join("data"),
-        tokenizer: TokenizerKind::Char,
+        tokenizer: Some(TokenizerKind::Char),
         preset: "char".into(),
         model: None,
         block_size: Some(16),
@@ -105,7 +105,7 @@ fn the_vocabulary_travels_with_checkpoints_and_the_model() {
     let error = train(&other, &RunOptions { resume: true, ..RunOptions::default() }).err().unwrap().to_string();
     assert!(error.contains("different run"), "{error}");
     // ... and so is the same corpus tokenized as GPT-2 BPE.
-    let bpe = TrainConfig { tokenizer: TokenizerKind::Gpt2, model: Some(Gpt2Config::new(1, 2, 16, 16, 50_257)), block_size: None, ..config };
+    let bpe = TrainConfig { tokenizer: Some(TokenizerKind::Gpt2), model: Some(Gpt2Config::new(1, 2, 16, 16, 50_257)), block_size: None, ..config };
     let error = train(&bpe, &RunOptions { resume: true, ..RunOptions::default() }).err().unwrap().to_string();
     assert!(error.contains("different run"), "{error}");
     std::fs::remove_dir_all(&dir).unwrap();

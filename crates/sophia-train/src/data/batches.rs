@@ -67,6 +67,15 @@ pub struct Batch {
     pub targets: Vec<i64>,
 }
 
+impl Batch {
+    /// The first `rows` sequences (all of them if there are fewer).
+    pub fn first(&self, rows: usize) -> Batch {
+        let rows = rows.min(self.batch_size);
+        let tokens = rows * self.block_size;
+        Batch { batch_size: rows, block_size: self.block_size, inputs: self.inputs[..tokens].to_vec(), targets: self.targets[..tokens].to_vec() }
+    }
+}
+
 /// Draws batches of random windows. A batch is a pure function of `(seed, stream, index)`, so a
 /// resumed run draws exactly what the uninterrupted run would have drawn, with no generator
 /// state to save.

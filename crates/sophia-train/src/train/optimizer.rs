@@ -68,13 +68,21 @@ fn adamw(settings: &AdamWSettings, weight_decay: f64) -> AdamWConfig {
 
 impl RunOptimizer {
     /// Build the optimizer `config` asks for, for `model`, with `tokens_per_step` tokens per
-    /// update (Sophia's `bs`). The config must have passed [`TrainConfig::validate`].
+    /// update. The config must have passed [`TrainConfig::validate`].
+    ///
+    /// SophiaG's `bs` is `tokens_per_step` scaled by the refresh batch's share of a training
+    /// micro-batch ([`TrainConfig::hessian_batch_size`] / `batch_size`). The sampled-label `ĝ`
+    /// has mean zero, so `ĝ²` grows as `1 / (refresh tokens)`; with the scaled `bs`,
+    /// `ρ · bs · h` is the same in expectation for every refresh fraction, and equals the
+    /// official loop's (`bs` = tokens per step, `ĝ` from one micro-batch) at fraction 1.
     pub fn new(config: &TrainConfig, model: &Gpt2, tokens_per_step: usize) -> Result<Self, TrainError> {
         let no_decay = undecayed_paths(model, config.decay);
         let wd = config.weight_decay;
         Ok(match &config.optimizer {
             OptimizerConfig::SophiaG(s) => {
-                let sophia = SophiaGConfig::new(tokens_per_step)
+                let refresh_rows = config.hessian_batch_size().unwrap_or(config.batch_size);
+                let bs = (tokens_per_step * refresh_rows / config.batch_size).max(1);
+                let sophia = SophiaGConfig::new(bs)
                     .with_beta_1(s.beta1)
                     .with_beta_2(s.beta2)
                     .with_rho(s.rho.initial())

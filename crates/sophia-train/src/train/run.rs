@@ -80,7 +80,7 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<TrainSummary,
     let device: Device = config.backend.device()?.autodiff();
     config.precision.check_device(&device)?;
     let say = |line: &str| eprintln!("{line}");
-    let data = prepare(&config.data, &config.data_dir, config.val_fraction, config.tokenizer, &mut |line| say(line))?;
+    let data = prepare(&config.data, &config.data_dir, config.val_fraction, config.tokenizer(), &mut |line| say(line))?;
     let tokenizer = data.tokenizer()?;
     let model_config = config.model_config_for(&data.meta)?;
     let (train_tokens, val_tokens) = (data.train()?, data.val()?);
@@ -367,10 +367,7 @@ fn progress_bar(visible: bool, steps: usize, start: usize) -> ProgressBar {
 /// `training.png` / `training.svg` in the run directory: losses, learning rate, win rate.
 pub fn plot_run(run_dir: &Path, metrics_path: &Path) -> Result<(), TrainError> {
     let records = metrics::read(metrics_path).map_err(io_err(metrics_path))?;
-    let series = |label: &str, kind: &str, value: fn(&MetricRecord) -> Option<f64>| Series {
-        label: label.into(),
-        points: records.iter().filter(|r| r.kind == kind).filter_map(|r| value(r).map(|v| (r.step as f64, v))).collect(),
-    };
+    let series = |label: &str, kind: &str, value: fn(&MetricRecord) -> Option<f64>| Series::line(label, records.iter().filter(|r| r.kind == kind).filter_map(|r| value(r).map(|v| (r.step as f64, v))).collect());
     let mut panels = vec![
         Panel {
             title: "Loss".into(),

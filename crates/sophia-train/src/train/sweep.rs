@@ -188,20 +188,9 @@ pub fn sweep(base: &TrainConfig, grid: &SweepGrid, options: &RunOptions, progres
         let config = TrainConfig { out_dir: dir.clone(), name: format!("{index:03}-{}", point.label()), plots: false, ..point.apply(base) };
         let run_dir = config.out_dir.join(&config.name);
         progress(&format!("sweep point {}/{}: {}", index + 1, settings.len(), point.label()));
-        let previous = Previous::of(&config, &run_dir);
-        let (summary, diverged) = match previous {
-            Previous::Finished(summary) => {
-                progress(&format!("  finished before: val loss {:.4}", summary.final_val_loss));
-                (Some(*summary), None)
-            }
-            Previous::Interrupted | Previous::None => {
-                let options = RunOptions { resume: matches!(previous, Previous::Interrupted), ..options.clone() };
-                match train(&config, &options) {
-                    Ok(summary) => (Some(summary), None),
-                    Err(error @ TrainError::NonFinite { .. }) => (None, Some(error.to_string())),
-                    Err(error) => return Err(error),
-                }
-            }
+        let (summary, diverged) = match train_once(&config, options, progress)? {
+            Ok(summary) => (Some(summary), None),
+            Err(diverged) => (None, Some(diverged)),
         };
         report.points.push(SweepPoint { settings: *point, run_dir, summary, diverged });
         report.best = best_point(&report.points);
@@ -211,7 +200,29 @@ pub fn sweep(base: &TrainConfig, grid: &SweepGrid, options: &RunOptions, progres
     Ok(report)
 }
 
-/// What an earlier sweep left in a point's run directory.
+/// Train `config` unless its run directory already holds the finished run of exactly this
+/// config (then its summary is read back); a run interrupted with this config resumes from its
+/// checkpoint. A run that diverges (NaN/Inf loss) gives `Ok(Err(why))`, not an error.
+pub fn train_once(config: &TrainConfig, options: &RunOptions, progress: &mut dyn FnMut(&str)) -> Result<Result<TrainSummary, String>, TrainError> {
+    let run_dir = config.out_dir.join(&config.name);
+    let previous = Previous::of(config, &run_dir);
+    match previous {
+        Previous::Finished(summary) => {
+            progress(&format!("  finished before: val loss {:.4}", summary.final_val_loss));
+            Ok(Ok(*summary))
+        }
+        Previous::Interrupted | Previous::None => {
+            let options = RunOptions { resume: matches!(previous, Previous::Interrupted), ..options.clone() };
+            match train(config, &options) {
+                Ok(summary) => Ok(Ok(summary)),
+                Err(error @ TrainError::NonFinite { .. }) => Ok(Err(error.to_string())),
+                Err(error) => Err(error),
+            }
+        }
+    }
+}
+
+/// What an earlier run left in a run directory.
 enum Previous {
     /// The run finished with exactly this config.
     Finished(Box<TrainSummary>),
@@ -320,7 +331,7 @@ pub fn plot(report: &SweepReport, stem: &Path) -> Result<(), crate::plot::PlotEr
         let x = if logarithmic { x.log10() } else { x };
         match series.iter_mut().find(|s| s.label == label) {
             Some(s) => s.points.push((x, point.val_loss())),
-            None => series.push(Series { label, points: vec![(x, point.val_loss())] }),
+            None => series.push(Series::line(label, vec![(x, point.val_loss())])),
         }
     }
     for s in &mut series {

@@ -1,5 +1,5 @@
-//! The fused kernels of [`loss`](crate::loss) on Burn's `flex` CPU backend: one row-parallel
-//! pass per operation over `[rows × vocab]` f32 logits, vectorised for the CPU they run on.
+//! The fused kernels of [`loss`](crate::loss): one row-parallel pass per operation over
+//! `[rows × vocab]` f32 logits.
 //!
 //! - cross-entropy forward: per row `m = max x`, `s = Σ exp(x − m)` (8 partial sums, so the loop
 //!   vectorises), `lse = m + ln s`, `loss_i = lse − x_t`; the mean over rows, summed in f64;
@@ -7,28 +7,19 @@
 //! - sampled label: the same max and sum, then a scan for the first `j` whose cumulative
 //!   `exp(x − m)` exceeds `u·s`.
 //!
-//! `exp` is a Cephes-style polynomial (range reduction by `ln 2`, degree-6 minimax polynomial,
-//! relative error below 2e-7) that the compiler vectorises; rows run in parallel with rayon.
 //! Autodiff goes through a hand-written backward node that keeps the logits, the targets and
 //! the per-row log-sum-exp, so the backward pass is one pass and nothing is recomputed.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, Flex, TensorMetadata, flex::FlexTensor};
-use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::{Flex, TensorMetadata, flex::FlexTensor};
+use burn::tensor::{DType, Int, Tensor, TensorData};
 use rayon::prelude::*;
 
-/// Autodiff over flex with the default (no) gradient checkpointing: the devices this crate's
-/// models train on. Tensors of another strategy take the composed path.
-type AutodiffFlex = Autodiff<Flex, NoCheckpointing>;
-
-/// Whether the fused kernels serve `logits`: f32 on the flex backend.
-pub(crate) fn applies<const D: usize>(logits: &Tensor<D>) -> bool {
-    logits.dtype() == DType::F32 && logits.device().inner() == Device::flex()
-}
+use super::{AutodiffFlex, contiguous, dims, exp, floats, multiversion};
 
 /// Mean cross-entropy of `logits` `[rows, vocab]` against `targets` `[rows]`.
 pub(crate) fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
@@ -40,7 +31,7 @@ pub(crate) fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tenso
             // Autodiff with gradient checkpointing: the composed operations.
             Err(_) => {
                 let targets = Tensor::<1, Int>::from_primitive::<Flex>(targets).to_device(&logits.device());
-                crate::loss::cross_entropy_with(crate::loss::Kernels::Composed, logits.unsqueeze::<3>(), targets.unsqueeze::<2>())
+                crate::loss::cross_entropy_with(crate::Kernels::Composed, logits.unsqueeze::<3>(), targets.unsqueeze::<2>())
             }
         },
     }
@@ -54,7 +45,7 @@ pub(crate) fn sample_labels(logits: Tensor<2>, uniforms: Tensor<1>) -> Tensor<1,
     let (rows, vocab) = dims(&logits);
     let x = contiguous(&logits);
     let u = contiguous(&uniforms);
-    let (x, u) = (x.storage::<f32>(), u.storage::<f32>());
+    let (x, u) = (floats(&x), floats(&u));
     let labels: Vec<i64> = x
         .par_chunks_exact(vocab)
         .zip(u.par_iter())
@@ -99,8 +90,7 @@ fn forward(logits: &FlexTensor, targets: &FlexTensor) -> (FlexTensor, FlexTensor
     let (rows, vocab) = dims(logits);
     let x = contiguous(logits);
     let t = targets_of(targets);
-    let per_row: Vec<(f32, f64)> = x
-        .storage::<f32>()
+    let per_row: Vec<(f32, f64)> = floats(&x)
         .par_chunks_exact(vocab)
         .zip(t.par_iter())
         .map(|(row, &t)| {
@@ -120,26 +110,16 @@ fn backward(logits: &FlexTensor, targets: &FlexTensor, lse: &FlexTensor, grad: &
     let x = contiguous(logits);
     let t = targets_of(targets);
     let lse = contiguous(lse);
-    let scale = contiguous(grad).storage::<f32>()[0] / rows as f32;
+    let scale = floats(&contiguous(grad))[0] / rows as f32;
     let mut out = vec![0.0f32; rows * vocab];
     out.par_chunks_exact_mut(vocab)
-        .zip(x.storage::<f32>().par_chunks_exact(vocab))
-        .zip(lse.storage::<f32>().par_iter().zip(t.par_iter()))
+        .zip(floats(&x).par_chunks_exact(vocab))
+        .zip(floats(&lse).par_iter().zip(t.par_iter()))
         .for_each(|((out, row), (&lse, &t))| {
             softmax_row(row, lse, scale, out);
             out[t] -= scale;
         });
     FlexTensor::from_data(TensorData::new(out, logits.shape()))
-}
-
-fn dims(tensor: &FlexTensor) -> (usize, usize) {
-    let shape = tensor.shape();
-    let vocab = *shape.as_slice().last().expect("at least one dimension");
-    (shape.num_elements() / vocab.max(1), vocab)
-}
-
-fn contiguous(tensor: &FlexTensor) -> FlexTensor {
-    if tensor.is_contiguous() { tensor.clone() } else { tensor.to_contiguous() }
 }
 
 fn flex_int(tensor: Tensor<1, Int>) -> FlexTensor {
@@ -150,39 +130,10 @@ fn flex_int(tensor: Tensor<1, Int>) -> FlexTensor {
 fn targets_of(targets: &FlexTensor) -> Vec<usize> {
     let targets = contiguous(targets);
     match targets.dtype() {
-        DType::I64 => targets.storage::<i64>().iter().map(|&t| t as usize).collect(),
-        DType::I32 => targets.storage::<i32>().iter().map(|&t| t as usize).collect(),
+        DType::I64 => targets.as_slice::<i64>().expect("contiguous").iter().map(|&t| t as usize).collect(),
+        DType::I32 => targets.as_slice::<i32>().expect("contiguous").iter().map(|&t| t as usize).collect(),
         _ => targets.into_data().convert::<i64>().iter::<i64>().map(|t| t as usize).collect(),
     }
-}
-
-/// The instruction sets the row kernels are compiled for, best first; the CPU's best is used.
-macro_rules! multiversion {
-    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? => $body:ident) => {
-        $(#[$doc])*
-        fn $name($($arg: $ty),*) $(-> $ret)? {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f")]
-                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
-                    $body($($arg),*)
-                }
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
-                    $body($($arg),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has the instructions the function is compiled for.
-                    return unsafe { avx512($($arg),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                    // SAFETY: as above.
-                    return unsafe { avx2($($arg),*) };
-                }
-            }
-            $body($($arg),*)
-        }
-    };
 }
 
 multiversion! {
@@ -256,25 +207,3 @@ fn inverse_cdf_impl(row: &[f32], max: f32, target: f32) -> usize {
     row.len() - 1
 }
 
-/// `e^x` for `x ≤ 88.7` (here always `x ≤ 0`): `2^k · p(r)`, `x = k ln 2 + r`, `|r| ≤ ln 2 / 2`,
-/// with Cephes' `expf` polynomial; branch-free so that loops over it vectorise.
-#[inline(always)]
-fn exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    // Round to nearest through the float adder (1.5·2^23), which vectorises everywhere.
-    const ROUND: f32 = 12_582_912.0;
-    let x = x.clamp(-87.0, 88.0);
-    let k = (x * LOG2E + ROUND) - ROUND;
-    let r = x - k * LN2_HI - k * LN2_LO;
-    let p = 1.987_569_1e-4f32;
-    let p = p * r + 1.398_199_9e-3;
-    let p = p * r + 8.333_452e-3;
-    let p = p * r + 4.166_579_6e-2;
-    let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 5.000_000_1e-1;
-    let p = p * r * r + r + 1.0;
-    // Wrapping arithmetic: no overflow check in the way of vectorisation (|k| ≤ 126 here).
-    p * f32::from_bits((k as i32).wrapping_add(127).cast_unsigned().wrapping_shl(23))
-}

@@ -1,0 +1,101 @@
+//! The fused kernels on Burn's `flex` CPU backend, reached through Burn's backend-extension API
+//! (`Tensor::try_into_primitive::<Flex>()` / `from_primitive`): each is one parallel pass over
+//! f32 storage, vectorised for the CPU it runs on, with a hand-written autodiff backward node
+//! that keeps what the backward pass needs so nothing is recomputed as a graph.
+//!
+//! - [`cross_entropy`]: the loss over the vocabulary and the sampled labels of SophiaG's
+//!   refresh (see [`loss`](crate::loss));
+//! - [`gelu`]: GPT-2's tanh-approximated GELU (see [`activation`](crate::activation)).
+//!
+//! Every kernel falls back to Burn's composed operations for tensors it does not serve (another
+//! backend, another dtype, autodiff with gradient checkpointing).
+//!
+//! `exp` is a Cephes-style polynomial (range reduction by `ln 2`, degree-6 minimax polynomial,
+//! relative error below 2e-7) that the compiler vectorises; work runs in parallel with rayon.
+
+pub(crate) mod cross_entropy;
+pub(crate) mod gelu;
+
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::{Autodiff, Flex, TensorMetadata, flex::FlexTensor};
+use burn::tensor::{DType, Device, Tensor};
+
+/// Autodiff over flex with the default (no) gradient checkpointing: the devices this crate's
+/// models train on. Tensors of another strategy take the composed path.
+type AutodiffFlex = Autodiff<Flex, NoCheckpointing>;
+
+/// Whether the fused kernels serve `tensor`: f32 on the flex backend.
+pub(crate) fn applies<const D: usize>(tensor: &Tensor<D>) -> bool {
+    tensor.dtype() == DType::F32 && tensor.device().inner() == Device::flex()
+}
+
+/// `(rows, last dimension)` of a tensor.
+fn dims(tensor: &FlexTensor) -> (usize, usize) {
+    let shape = tensor.shape();
+    let vocab = *shape.as_slice().last().expect("at least one dimension");
+    (shape.num_elements() / vocab.max(1), vocab)
+}
+
+/// `tensor` in row-major order (a copy only when its layout is not).
+fn contiguous(tensor: &FlexTensor) -> FlexTensor {
+    if tensor.is_contiguous() { tensor.clone() } else { tensor.to_contiguous() }
+}
+
+/// The elements of a [`contiguous`] f32 tensor, in order (its view of the storage, which may
+/// start past the storage's beginning).
+fn floats(tensor: &FlexTensor) -> &[f32] {
+    tensor.as_slice::<f32>().expect("a contiguous f32 tensor")
+}
+
+/// The instruction sets the kernels are compiled for, best first; the CPU's best is used.
+macro_rules! multiversion {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? => $body:ident) => {
+        $(#[$doc])*
+        fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has the instructions the function is compiled for.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: as above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+use multiversion;
+
+/// `e^x` for `x` in `[-87, 88]` (clamped outside): `2^k · p(r)`, `x = k ln 2 + r`, `|r| ≤ ln 2 / 2`,
+/// with Cephes' `expf` polynomial; branch-free so that loops over it vectorise.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Round to nearest through the float adder (1.5·2^23), which vectorises everywhere.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let k = (x * LOG2E + ROUND) - ROUND;
+    let r = x - k * LN2_HI - k * LN2_LO;
+    let p = 1.987_569_1e-4f32;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 5.000_000_1e-1;
+    let p = p * r * r + r + 1.0;
+    // Wrapping arithmetic: no overflow check in the way of vectorisation (|k| ≤ 127 here).
+    p * f32::from_bits((k as i32).wrapping_add(127).cast_unsigned().wrapping_shl(23))
+}

@@ -1,0 +1,41 @@
+//! Which implementation of the model's hot operations runs: the fused kernels of the flex CPU
+//! backend, or Burn's composed tensor operations (every backend, and the reference the fused
+//! kernels are tested against). The choice covers the cross-entropy and the sampled labels
+//! ([`loss`](crate::loss)) and the GELU ([`activation`](crate::activation)).
+
+use serde::{Deserialize, Serialize};
+
+/// Which implementation of the loss, the label sampling and the activation a model uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kernels {
+    /// The fused kernels where the backend has them (flex), the composed operations elsewhere.
+    #[default]
+    Fused,
+    /// Burn's tensor operations everywhere (the reference the fused kernels are tested against).
+    Composed,
+}
+
+/// Whether the fused kernels run on `device` (the flex backend, with this crate's `flex`
+/// feature).
+pub fn fused_available(device: &burn::tensor::Device) -> bool {
+    #[cfg(feature = "flex")]
+    return device.clone().inner() == burn::tensor::Device::flex();
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = device;
+        false
+    }
+}
+
+impl std::str::FromStr for Kernels {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        match name {
+            "fused" => Ok(Self::Fused),
+            "composed" => Ok(Self::Composed),
+            other => Err(format!("unknown kernels `{other}`; choose fused or composed")),
+        }
+    }
+}
