@@ -25,6 +25,22 @@ fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "missed" }
 }
 
+/// The figures `bench report` reads from a throughput JSON of an earlier build (any version
+/// since the bench existed), to state the speed-up against it.
+#[derive(Debug, Clone, serde::Deserialize)]
+struct ThroughputBaseline {
+    machine: crate::machine::Machine,
+    peak_matmul_gflops: f64,
+    entries: Vec<BaselineEntry>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+struct BaselineEntry {
+    preset: String,
+    tokens_per_sec: f64,
+    refresh_to_step: f64,
+}
+
 /// Build the markdown from whichever results exist in `results` (paths in the text are relative
 /// to `docs/`); `notes` is appended verbatim (the discussion written by people).
 pub fn render(results: &Path, notes: Option<&str>) -> Result<String, crate::BenchError> {
@@ -216,25 +232,71 @@ pub fn render(results: &Path, notes: Option<&str>) -> Result<String, crate::Benc
             report.repetitions
         );
         out.push_str("![throughput](../results/throughput.png)\n\n");
-        out.push_str("| preset | parameters | tokens/step | step (s) | tokens/s | GFLOP/s | MFU | forward (s) | refresh (s) | of which label sampling (s) | refresh / step | overhead at k = 10 |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+        out.push_str("| preset | kernels | parameters | tokens/step | step (s) | tokens/s | GFLOP/s | MFU | page faults/step | refresh (s) | of which label sampling (s) | refresh / step | overhead at k = 10 |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         for e in &report.entries {
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {:.3} | {:.0} | {:.2} | {:.1}% | {:.3} | {:.3} | {:.3} | {:.2} | {:.1}% ({}) |",
+                "| {} | {:?} | {} | {} | {:.3} | {:.0} | {:.2} | {:.1}% | {:.0} | {:.3} | {:.3} | {:.2} ({}) | {:.1}% |",
                 e.preset,
+                e.kernels,
                 e.parameters,
                 e.batch_tokens,
                 e.step_secs,
                 e.tokens_per_sec,
                 e.achieved_gflops,
                 100.0 * e.mfu,
-                e.forward_secs,
+                e.minor_faults_per_step,
                 e.refresh_secs,
                 e.sampling_secs,
                 e.refresh_to_step,
+                verdict(e.refresh_to_step <= 0.6),
                 100.0 * e.refresh_overhead_k10,
-                verdict(e.refresh_overhead_k10 <= 0.06)
             );
+        }
+        out.push_str("\nWhere a training step's time goes (seconds, each stage timed alone and synced):\n\n");
+        out.push_str("| preset | kernels | blocks forward | LM head | loss forward | loss backward | whole backward | clip + update |\n|---|---|---|---|---|---|---|---|\n");
+        for e in &report.entries {
+            let p = &e.profile;
+            let _ = writeln!(
+                out,
+                "| {} | {:?} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} |",
+                e.preset, e.kernels, p.blocks_forward_secs, p.head_secs, p.loss_forward_secs, p.loss_backward_secs, p.backward_secs, p.clip_and_update_secs
+            );
+        }
+        let fused = |preset: &str, kernels: sophia_gpt2::Kernels| report.entries.iter().find(|e| e.preset == preset && e.kernels == kernels);
+        let speedups: Vec<String> = report
+            .entries
+            .iter()
+            .filter(|e| e.kernels == sophia_gpt2::Kernels::Fused)
+            .filter_map(|e| fused(&e.preset, sophia_gpt2::Kernels::Composed).map(|c| format!("{} {:.2}x", e.preset, e.tokens_per_sec / c.tokens_per_sec)))
+            .collect();
+        if !speedups.is_empty() {
+            let _ = writeln!(out, "\nFused kernels against Burn's composed operations, same run: {}.", speedups.join(", "));
+        }
+        let _ = writeln!(out, "\nTargets: peak f32 matmul at least 150 GFLOP/s: {:.1} ({}).", report.peak_matmul_gflops, verdict(report.peak_matmul_gflops >= 150.0));
+        if let Some(before) = read::<ThroughputBaseline>(results, "throughput-before.json", &mut Vec::new())? {
+            let _ = writeln!(
+                out,
+                "Against the build before the speed work (`results/throughput-before.json`, {}, measured in the same window; peak matmul {:.1} GFLOP/s then), training tokens/s at least 3x:",
+                before.machine.describe(),
+                before.peak_matmul_gflops
+            );
+            for e in report.entries.iter().filter(|e| e.kernels == sophia_gpt2::Kernels::Fused) {
+                if let Some(b) = before.entries.iter().find(|b| b.preset == e.preset) {
+                    let ratio = e.tokens_per_sec / b.tokens_per_sec;
+                    let _ = writeln!(
+                        out,
+                        "- {}: {:.0} → {:.0} tokens/s, {:.2}x ({}); refresh {:.2} → {:.2} steps.",
+                        e.preset,
+                        b.tokens_per_sec,
+                        e.tokens_per_sec,
+                        ratio,
+                        verdict(ratio >= 3.0),
+                        b.refresh_to_step,
+                        e.refresh_to_step
+                    );
+                }
+            }
         }
     }
 

@@ -196,10 +196,20 @@ fn memory_and_throughput_reports_round_trip() {
     assert!((e.refresh_overhead_k10 - e.refresh_to_step / (10.0 + e.refresh_to_step)).abs() < 1e-12);
     throughput::write(&report, &dir.join("throughput.json")).unwrap();
     assert!(std::fs::metadata(dir.join("throughput.png")).unwrap().len() > 1000);
+    // A throughput file of an earlier build (fewer fields) states the speed-up against it.
+    let before = serde_json::json!({
+        "machine": report.machine,
+        "peak_matmul_gflops": 75.0,
+        "peak_matmul_size": 1024,
+        "repetitions": 5,
+        "entries": [{ "preset": "cpu-1m", "parameters": e.parameters, "tokens_per_sec": e.tokens_per_sec / 4.0, "refresh_to_step": 1.5 }],
+    });
+    std::fs::write(dir.join("throughput-before.json"), before.to_string()).unwrap();
     let page = report::render(&dir, None).unwrap();
     // The copied "adamw" row has Lion's 4 bytes per parameter: the check says so.
-    assert!(page.contains("## Memory") && page.contains("## Throughput"), "{page}");
+    assert!(page.contains("## Memory") && page.contains("## Throughput") && page.contains("Where a training step's time goes"), "{page}");
     assert!(page.contains("(8 bytes): missed") && page.contains("(4 bytes): met"), "{page}");
+    assert!(page.contains("- cpu-1m: ") && page.contains(", 4.00x (met); refresh 1.50 → "), "{page}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

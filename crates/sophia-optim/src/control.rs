@@ -427,7 +427,18 @@ impl SophiaControl {
 
     pub(crate) fn record_wins<const D: usize>(&self, device: &Device, not_clipped: Tensor<D, Bool>, wins: WinCount) {
         let coordinates = not_clipped.shape().num_elements() as u64;
-        let count = not_clipped.int().sum();
+        self.record_win_tensor(device, not_clipped.int().sum(), coordinates, wins);
+    }
+
+    /// [`record_wins`](Self::record_wins) with the count already taken (by a fused update).
+    #[cfg(feature = "flex")]
+    pub(crate) fn record_win_count(&self, device: &Device, not_clipped: u64, coordinates: u64, wins: WinCount) {
+        // Built by tensor operations, so it has the device's integer type as the composed count.
+        let count = Tensor::<1, Int>::zeros([1], device).add_scalar(not_clipped as i64);
+        self.record_win_tensor(device, count, coordinates, wins);
+    }
+
+    fn record_win_tensor(&self, device: &Device, count: Tensor<1, Int>, coordinates: u64, wins: WinCount) {
         let mut devices = self.devices();
         let state = devices.get(device);
         if wins.auto_rho {

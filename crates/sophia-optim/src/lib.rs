@@ -17,6 +17,11 @@
 //! AdamW and Lion are Burn's own (`burn::optim::{AdamWConfig, LionConfig}`); they match
 //! PyTorch's AdamW and the Lion paper (see the golden tests).
 //!
+//! Feature `flex` (off by default): Sophia's and Tiger's updates run as one parallel pass over
+//! the parameter, gradient and state on Burn's flex CPU backend, giving the same bits as the
+//! composed tensor operations every other backend runs (`fused = false` in a config forces
+//! those).
+//!
 //! Every config validates itself: `try_build()` / `try_init()` return a [`ConfigError`] that
 //! names the field, its value and the allowed range; `build()` / `init()` follow Burn's
 //! convention and panic with that message.
@@ -37,6 +42,8 @@ pub mod clip;
 pub mod control;
 mod error;
 pub mod estimator;
+#[cfg(feature = "flex")]
+mod fused;
 pub mod hutchinson;
 mod optimizer;
 pub mod schedule;

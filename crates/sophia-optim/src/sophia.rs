@@ -79,6 +79,11 @@ pub struct SophiaGConfig {
     /// [`AutoRho`]); `rho` is then the starting value.
     #[config(default = false)]
     pub auto_rho: bool,
+    /// Take the one-pass update of the flex CPU backend where it applies (this crate's feature
+    /// `flex`; the same bits as the composed operations); `false` runs Burn's composed
+    /// operations everywhere.
+    #[config(default = true)]
+    pub fused: bool,
 }
 
 /// Configuration of [SophiaH](Sophia), the Hutchinson variant (paper, Algorithms 1 and 3).
@@ -105,6 +110,11 @@ pub struct SophiaHConfig {
     /// `k`: run a Hessian refresh before every `k`-th update, starting with the first.
     #[config(default = 10)]
     pub hessian_interval: usize,
+    /// Take the one-pass update of the flex CPU backend where it applies (this crate's feature
+    /// `flex`; the same bits as the composed operations); `false` runs Burn's composed
+    /// operations everywhere.
+    #[config(default = true)]
+    pub fused: bool,
 }
 
 /// How Sophia turns a refresh input into a diagonal Hessian sample, and `h` into the
@@ -175,6 +185,7 @@ pub struct Sophia {
     weight_decay: f64,
     variant: SophiaVariant,
     control: SophiaControl,
+    fused: bool,
 }
 
 /// Per-parameter state of [`Sophia`]: two tensors of the parameter's shape, like AdamW.
@@ -214,7 +225,7 @@ impl SophiaGConfig {
         let variant = SophiaVariant::GaussNewtonBartlett { rho: self.rho, batch_size: self.batch_size, epsilon: self.epsilon };
         let clip = self.refresh_grad_clip.map(GlobalNormClip::new).transpose()?;
         let auto = self.auto_rho.then(AutoRho::default);
-        Ok(Sophia::new(self.beta_1, self.beta_2, self.weight_decay, self.hessian_interval, variant, clip, auto))
+        Ok(Sophia::new(self.beta_1, self.beta_2, self.weight_decay, self.hessian_interval, variant, clip, auto, self.fused))
     }
 }
 
@@ -234,7 +245,7 @@ impl SophiaHConfig {
     pub fn try_build(&self) -> Result<Sophia, ConfigError> {
         self.validate()?;
         let variant = SophiaVariant::Hutchinson { gamma: self.gamma, epsilon: self.epsilon };
-        Ok(Sophia::new(self.beta_1, self.beta_2, self.weight_decay, self.hessian_interval, variant, None, None))
+        Ok(Sophia::new(self.beta_1, self.beta_2, self.weight_decay, self.hessian_interval, variant, None, None, self.fused))
     }
 }
 
@@ -250,10 +261,11 @@ impl Sophia {
         variant: SophiaVariant,
         refresh_clip: Option<GlobalNormClip>,
         auto_rho: Option<AutoRho>,
+        fused: bool,
     ) -> Self {
         let schedule = Schedule::new(hessian_interval, variant.refreshes_before_update());
         let control = SophiaControl::new(schedule, refresh_clip, variant.scale(), auto_rho);
-        Self { beta_1, beta_2, weight_decay, variant, control }
+        Self { beta_1, beta_2, weight_decay, variant, control, fused }
     }
 
     /// The same optimizer with another weight decay (the control handle is shared).
@@ -291,6 +303,13 @@ impl Sophia {
         state: Option<SophiaState<D>>,
         wins: WinCount,
     ) -> (Tensor<D>, SophiaState<D>) {
+        #[cfg(feature = "flex")]
+        let state = match state {
+            Some(state) if self.fused && crate::fused::applies(&[&tensor, &grad, &state.momentum, &state.hessian]) => {
+                return self.fused_update(lr, tensor, grad, state, wins);
+            }
+            state => state,
+        };
         let (momentum, hessian, step) = match state {
             Some(state) => (state.momentum.mul_scalar(self.beta_1), state.hessian, state.step),
             None => (grad.zeros_like(), grad.zeros_like(), 0),
@@ -308,6 +327,31 @@ impl Sophia {
         let tensor = if decay == 1.0 { tensor } else { tensor.mul_scalar(decay) };
         let tensor = tensor.sub(ratio.mul_scalar(lr));
         (tensor, SophiaState { momentum, hessian, step: step + 1, scale })
+    }
+
+    /// [`update`](Self::update) in one pass (flex, f32, an existing state).
+    #[cfg(feature = "flex")]
+    fn fused_update<const D: usize>(&self, lr: LearningRate, tensor: Tensor<D>, grad: Tensor<D>, state: SophiaState<D>, wins: WinCount) -> (Tensor<D>, SophiaState<D>) {
+        use crate::fused::{Preconditioner, SophiaUpdate};
+        let scale = self.control.scale();
+        let preconditioner = match self.variant {
+            SophiaVariant::GaussNewtonBartlett { batch_size, epsilon, .. } => Preconditioner::Scaled { scale: (scale * batch_size as f64) as f32, epsilon: epsilon as f32 },
+            SophiaVariant::Hutchinson { epsilon, .. } => Preconditioner::Floored { scale: scale as f32, epsilon: epsilon as f32 },
+        };
+        let decay = 1.0 - lr * self.weight_decay;
+        let update = SophiaUpdate {
+            beta_1: self.beta_1 as f32,
+            one_minus_beta_1: (1.0 - self.beta_1) as f32,
+            preconditioner,
+            decay: (decay != 1.0).then_some(decay as f32),
+            lr: lr as f32,
+        };
+        let (device, coordinates) = (tensor.device(), tensor.shape().num_elements() as u64);
+        let (tensor, momentum, not_clipped) = crate::fused::sophia_update(&update, tensor, grad, state.momentum, &state.hessian);
+        if wins.any() {
+            self.control.record_win_count(&device, not_clipped, coordinates, wins);
+        }
+        (tensor, SophiaState { momentum, step: state.step + 1, scale, ..state })
     }
 }
 

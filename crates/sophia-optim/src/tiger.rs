@@ -34,6 +34,11 @@ pub struct TigerConfig {
     /// Scale the learning rate of each tensor by its root-mean-square value.
     #[config(default = false)]
     pub scale_by_rms: bool,
+    /// Take the one-pass update of the flex CPU backend where it applies (this crate's feature
+    /// `flex`; the same bits as the composed operations); `false` runs Burn's composed
+    /// operations everywhere.
+    #[config(default = true)]
+    pub fused: bool,
 }
 
 /// The Tiger optimizer; see the [module docs](self).
@@ -42,6 +47,7 @@ pub struct Tiger {
     beta: f64,
     weight_decay: f64,
     scale_by_rms: bool,
+    fused: bool,
 }
 
 /// Per-parameter state of [`Tiger`]: one tensor of the parameter's shape.
@@ -62,7 +68,7 @@ impl TigerConfig {
     /// Build the bare optimizer, or say which field is invalid.
     pub fn try_build(&self) -> Result<Tiger, ConfigError> {
         self.validate()?;
-        Ok(Tiger { beta: self.beta, weight_decay: self.weight_decay, scale_by_rms: self.scale_by_rms })
+        Ok(Tiger { beta: self.beta, weight_decay: self.weight_decay, scale_by_rms: self.scale_by_rms, fused: self.fused })
     }
 }
 
@@ -78,6 +84,21 @@ impl Optimizer for Tiger {
         grad: Tensor<D>,
         state: Option<Self::State<D>>,
     ) -> (Tensor<D>, Option<Self::State<D>>) {
+        #[cfg(feature = "flex")]
+        let state = match state {
+            Some(state) if self.fused && !self.scale_by_rms && crate::fused::applies(&[&tensor, &grad, &state.momentum]) => {
+                let decay = 1.0 - lr * self.weight_decay;
+                let update = crate::fused::TigerUpdate {
+                    beta: self.beta as f32,
+                    one_minus_beta: (1.0 - self.beta) as f32,
+                    decay: (decay != 1.0).then_some(decay as f32),
+                    lr: lr as f32,
+                };
+                let (tensor, momentum) = crate::fused::tiger_update(&update, tensor, grad, state.momentum);
+                return (tensor, Some(TigerState { momentum }));
+            }
+            state => state,
+        };
         let momentum = match state {
             Some(state) => state.momentum.mul_scalar(self.beta).add(grad.mul_scalar(1.0 - self.beta)),
             None => grad.mul_scalar(1.0 - self.beta),

@@ -179,7 +179,8 @@ fn hyper(step: &OptimizerStep, key: &str) -> f64 {
 }
 
 /// Build the optimizer of `family` from the hyperparameters of the first step.
-fn driver(family: &str, first: &OptimizerStep, k: Option<usize>) -> Driver {
+/// `fused`: Sophia's and Tiger's one-pass update where it applies, or the composed operations.
+fn driver(family: &str, first: &OptimizerStep, k: Option<usize>, fused: bool) -> Driver {
     let h = |key| hyper(first, key);
     match family {
         "sophia_g" => Driver::Sophia(
@@ -191,6 +192,7 @@ fn driver(family: &str, first: &OptimizerStep, k: Option<usize>) -> Driver {
                 .with_hessian_interval(k.expect("sophia files give hessian_refresh_every_k_updates"))
                 // The reference folds ĝ in as given.
                 .with_refresh_grad_clip(None)
+                .with_fused(fused)
                 .try_init()
                 .unwrap(),
         ),
@@ -202,6 +204,7 @@ fn driver(family: &str, first: &OptimizerStep, k: Option<usize>) -> Driver {
                 .with_epsilon(h("eps"))
                 .with_weight_decay(h("weight_decay"))
                 .with_hessian_interval(k.expect("sophia files give hessian_refresh_every_k_updates"))
+                .with_fused(fused)
                 .try_init()
                 .unwrap(),
         ),
@@ -221,7 +224,7 @@ fn driver(family: &str, first: &OptimizerStep, k: Option<usize>) -> Driver {
                 .init(),
         ),
         "tiger" => Driver::Plain(
-            TigerConfig::new().with_beta(h("beta")).with_weight_decay(h("weight_decay")).try_init().unwrap(),
+            TigerConfig::new().with_beta(h("beta")).with_weight_decay(h("weight_decay")).with_fused(fused).try_init().unwrap(),
         ),
         other => panic!("unknown optimizer family `{other}`"),
     }
@@ -294,7 +297,14 @@ impl HessianEstimator<Tensors> for GoldenEstimate {
     }
 }
 
+/// Every case of `file` with the fused updates and again with the composed operations.
 fn run_optimizer_file(file: &str) {
+    for fused in [true, false] {
+        run_optimizer_file_with(file, fused);
+    }
+}
+
+fn run_optimizer_file_with(file: &str, fused: bool) {
     let golden: OptimizerFile = load(file);
     let family_spec = family(&golden.family);
     assert!(!golden.cases.is_empty(), "{file} has no cases");
@@ -308,12 +318,13 @@ fn run_optimizer_file(file: &str) {
         }
         let mut params = CaseTensors::new(&theta0);
         let first = case.steps.first().expect("a case has steps");
-        let mut optim = driver(&golden.family, first, golden.hessian_refresh_every_k_updates);
+        let mut optim = driver(&golden.family, first, golden.hessian_refresh_every_k_updates, fused);
 
         let mut n = 0;
         while n < case.steps.len() {
             let step = &case.steps[n];
-            let what = format!("{file} case `{}` step {n} ({})", case.name, step.kind);
+            let path = if fused { "fused" } else { "composed" };
+            let what = format!("{file} case `{}` step {n} ({}, {path})", case.name, step.kind);
             for (key, value) in &step.hyper {
                 if key != "lr" {
                     assert_eq!(*value, hyper(first, key), "{what}: only `lr` may change between steps");

@@ -1,0 +1,162 @@
+//! One-pass optimizer updates on Burn's flex CPU backend (feature `flex`), reached through
+//! Burn's backend-extension API (`Tensor::try_into_primitive::<Flex>()` / `from_primitive`).
+//!
+//! The composed updates are chains of whole-tensor operations (SophiaG: about ten passes over
+//! parameter-sized tensors, each writing a fresh tensor); these kernels read the parameter, the
+//! gradient and the state once, in parallel chunks, and write the new parameter and momentum in
+//! place when nothing else holds their storage. They compute every element with the same f32
+//! operations in the same order as the composed path (the scalars rounded to f32 as Burn rounds
+//! them), so both give the same bits, and the state they leave is the same tensors: checkpoints
+//! and resumption are unchanged. Win counts are summed in the same pass.
+//!
+//! Every other backend, dtype or layout takes the composed operations.
+
+use burn::backend::{Flex, flex::FlexTensor};
+use burn::tensor::{DType, Device, Tensor};
+use rayon::prelude::*;
+
+/// Elements per parallel task: large enough to amortise scheduling, small enough to balance
+/// a few dozen cores on the smallest parameters worth splitting.
+const CHUNK: usize = 1 << 15;
+
+/// Whether the one-pass kernels serve `tensors`: plain (not autodiff) f32 flex tensors of one
+/// shape, which is what a Burn optimizer receives on the flex backend.
+pub(crate) fn applies<const D: usize>(tensors: &[&Tensor<D>]) -> bool {
+    let shape = tensors[0].shape();
+    tensors.iter().all(|t| t.dtype() == DType::F32 && t.device() == Device::flex() && t.shape() == shape)
+}
+
+/// `tensor`'s primitive, row-major; the caller checked [`applies`].
+fn primitive<const D: usize>(tensor: Tensor<D>) -> FlexTensor {
+    let flex = tensor.try_into_primitive::<Flex>().expect("checked by `applies`");
+    if flex.is_contiguous() { flex } else { flex.to_contiguous() }
+}
+
+/// The elements of a row-major tensor, written in place (copied first when shared).
+fn elements_mut(tensor: &mut FlexTensor) -> &mut [f32] {
+    let (start, end) = tensor.layout().contiguous_offsets().expect("made row-major by `primitive`");
+    &mut tensor.storage_mut::<f32>()[start..end]
+}
+
+/// The elements of a row-major tensor.
+fn elements(tensor: &FlexTensor) -> &[f32] {
+    tensor.as_slice::<f32>().expect("made row-major by `primitive`")
+}
+
+/// Sophia's preconditioner `D(h)`, with its constants in f32.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Preconditioner {
+    /// SophiaG: `h · (ρ · bs) + ε`.
+    Scaled {
+        /// `ρ · bs`.
+        scale: f32,
+        /// `ε`.
+        epsilon: f32,
+    },
+    /// SophiaH: `max(h · γ, ε)` (NaN propagates, as Burn's `clamp_min`).
+    Floored {
+        /// `γ`.
+        scale: f32,
+        /// `ε`.
+        epsilon: f32,
+    },
+}
+
+impl Preconditioner {
+    #[inline(always)]
+    fn of(self, h: f32) -> f32 {
+        match self {
+            Self::Scaled { scale, epsilon } => h * scale + epsilon,
+            Self::Floored { scale, epsilon } => {
+                let p = h * scale;
+                if p.is_nan() || p > epsilon { p } else { epsilon }
+            }
+        }
+    }
+}
+
+/// The constants of one Sophia update, in f32.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SophiaUpdate {
+    /// `β₁`.
+    pub beta_1: f32,
+    /// `1 − β₁` (computed in f64, then rounded).
+    pub one_minus_beta_1: f32,
+    /// `D(h)`.
+    pub preconditioner: Preconditioner,
+    /// `1 − η λ` (computed in f64, then rounded); `None` when it is exactly 1.
+    pub decay: Option<f32>,
+    /// `η`.
+    pub lr: f32,
+}
+
+/// Sophia's update of `tensor` with `grad` and the state `(momentum, hessian)`:
+///
+/// ```text
+/// m ← β₁ m + (1 − β₁) g;   r = clamp(m / D(h), −1, 1);   θ ← θ (1 − η λ) − η r
+/// ```
+///
+/// Returns the new parameter, the new momentum and the number of coordinates whose ratio was
+/// not clipped (`|r| < 1`).
+pub(crate) fn sophia_update<const D: usize>(update: &SophiaUpdate, tensor: Tensor<D>, grad: Tensor<D>, momentum: Tensor<D>, hessian: &Tensor<D>) -> (Tensor<D>, Tensor<D>, u64) {
+    let (mut theta, grad, mut momentum, hessian) = (primitive(tensor), primitive(grad), primitive(momentum), primitive(hessian.clone()));
+    let (g, h) = (elements(&grad), elements(&hessian));
+    let theta_elements = elements_mut(&mut theta);
+    let momentum_elements = elements_mut(&mut momentum);
+    let not_clipped = theta_elements
+        .par_chunks_mut(CHUNK)
+        .zip(momentum_elements.par_chunks_mut(CHUNK))
+        .zip(g.par_chunks(CHUNK).zip(h.par_chunks(CHUNK)))
+        .map(|((theta, m), (g, h))| sophia_chunk(update, theta, m, g, h))
+        .sum();
+    (Tensor::from_primitive::<Flex>(theta), Tensor::from_primitive::<Flex>(momentum), not_clipped)
+}
+
+fn sophia_chunk(u: &SophiaUpdate, theta: &mut [f32], m: &mut [f32], g: &[f32], h: &[f32]) -> u64 {
+    let mut not_clipped = 0;
+    for (((theta, m), &g), &h) in theta.iter_mut().zip(m.iter_mut()).zip(g).zip(h) {
+        *m = *m * u.beta_1 + g * u.one_minus_beta_1;
+        let ratio = (*m / u.preconditioner.of(h)).clamp(-1.0, 1.0);
+        not_clipped += u64::from(ratio.abs() < 1.0);
+        let decayed = match u.decay {
+            Some(decay) => *theta * decay,
+            None => *theta,
+        };
+        *theta = decayed - ratio * u.lr;
+    }
+    not_clipped
+}
+
+/// The constants of one Tiger update, in f32.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TigerUpdate {
+    /// `β`.
+    pub beta: f32,
+    /// `1 − β` (computed in f64, then rounded).
+    pub one_minus_beta: f32,
+    /// `1 − η λ`; `None` when it is exactly 1.
+    pub decay: Option<f32>,
+    /// `η`.
+    pub lr: f32,
+}
+
+/// Tiger's update `m ← β m + (1 − β) g; θ ← θ (1 − η λ) − η sign(m)` (`sign` of 0 and of NaN is
+/// 0, as Burn's); returns the new parameter and momentum.
+pub(crate) fn tiger_update<const D: usize>(update: &TigerUpdate, tensor: Tensor<D>, grad: Tensor<D>, momentum: Tensor<D>) -> (Tensor<D>, Tensor<D>) {
+    let (mut theta, grad, mut momentum) = (primitive(tensor), primitive(grad), primitive(momentum));
+    let g = elements(&grad);
+    let theta_elements = elements_mut(&mut theta);
+    let momentum_elements = elements_mut(&mut momentum);
+    theta_elements.par_chunks_mut(CHUNK).zip(momentum_elements.par_chunks_mut(CHUNK)).zip(g.par_chunks(CHUNK)).for_each(|((theta, m), g)| {
+        for ((theta, m), &g) in theta.iter_mut().zip(m.iter_mut()).zip(g) {
+            *m = *m * update.beta + g * update.one_minus_beta;
+            let sign = if m.is_nan() || *m == 0.0 { 0.0 } else { 1.0f32.copysign(*m) };
+            let decayed = match update.decay {
+                Some(decay) => *theta * decay,
+                None => *theta,
+            };
+            *theta = decayed - sign * update.lr;
+        }
+    });
+    (Tensor::from_primitive::<Flex>(theta), Tensor::from_primitive::<Flex>(momentum))
+}
