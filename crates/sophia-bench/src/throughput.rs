@@ -135,7 +135,7 @@ pub fn run(presets: &[&str], kernels: &[Kernels], batch: usize, block: usize, re
     progress(&format!("peak matmul ({peak_size}³, f32): {peak:.1} GFLOP/s"));
     let mut entries = Vec::new();
     for (&preset, &kernels) in presets.iter().flat_map(|p| kernels.iter().map(move |k| (p, k))) {
-        let config = |optimizer: OptimizerKind| TrainConfig { optimizer: optimizer.default_config(), preset: preset.into(), block_size: Some(block), batch_size: batch, ..TrainConfig::default() };
+        let config = |optimizer: OptimizerKind| TrainConfig { optimizer: optimizer.default_config(), preset: preset.into(), block_size: Some(block), batch_size: batch, kernels, ..TrainConfig::default() };
         let model_config = config(OptimizerKind::AdamW).model_config()?;
         let mut model = Gpt2::new(&model_config, device, 0)?.with_kernels(kernels);
         let synthetic = crate::synthetic_batch(batch, block, model_config.vocab_size);

@@ -1,4 +1,5 @@
-//! The step benchmark's harness: every optimizer is timed, ratios are relative to AdamW, the
+//! The step benchmark's harness: every optimizer is timed (those with a one-pass update on flex
+//! also with the composed operations), ratios are relative to AdamW, the
 //! JSON round-trips and the plot is drawn from it. No timing is asserted.
 
 use burn::tensor::Device;
@@ -9,7 +10,7 @@ fn step_report_has_every_optimizer_and_consistent_ratios() {
     let device = Device::flex().autodiff();
     let report = run(&["cpu-1m"], 2, &device, "flex", &mut |_| {}).unwrap();
     let names: Vec<&str> = report.timings.iter().map(|t| t.optimizer.as_str()).collect();
-    assert_eq!(names, ["adamw", "sophiag", "sophiah", "lion", "tiger", "muon"]);
+    assert_eq!(names, ["adamw", "sophiag", "sophiah", "lion", "tiger", "muon", "sophiag (composed)", "sophiah (composed)", "tiger (composed)"]);
     for t in &report.timings {
         assert!(t.min_secs <= t.median_secs && t.median_secs <= t.max_secs, "{t:?}");
         assert!((t.ns_per_param - t.median_secs * 1e9 / t.parameters as f64).abs() < 1e-6 * t.ns_per_param);

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use sophia_backend::Backend;
-use sophia_gpt2::{Gpt2Config, Precision};
+use sophia_gpt2::{Gpt2Config, Kernels, Precision};
 use sophia_optim::{ConfigError, Validator};
 
 use crate::data::{DatasetMeta, TokenizerKind};
@@ -504,6 +504,10 @@ pub struct TrainConfig {
     /// Precision of the model's matrix products (`bf16`: mixed precision with f32 weights,
     /// gradients and optimizer state; see `sophia_gpt2::precision`).
     pub precision: Precision,
+    /// `fused`: the one-pass kernels of the flex CPU backend for the loss, the sampled labels,
+    /// the GELU and the Sophia and Tiger updates (other backends run the composed operations);
+    /// `composed`: Burn's tensor operations everywhere (the reference they are tested against).
+    pub kernels: Kernels,
     /// Model preset (see `sophia_gpt2::PRESETS`), used when `model` is not given.
     pub preset: String,
     /// Full model config; overrides `preset`.
@@ -569,6 +573,7 @@ impl Default for TrainConfig {
             tokenizer: None,
             backend: Backend::Flex,
             precision: Precision::F32,
+            kernels: Kernels::Fused,
             preset: "char".into(),
             model: None,
             block_size: None,
@@ -729,6 +734,7 @@ impl TrainConfig {
             "tokenizer" => self.tokenizer = Some(value.parse().map_err(|e: crate::data::DataError| SettingError::Value { key: key.into(), value: value.into(), reason: e.to_string() })?),
             "backend" => self.backend = value.parse().map_err(|e: sophia_backend::BackendError| SettingError::Value { key: key.into(), value: value.into(), reason: e.to_string() })?,
             "precision" => self.precision = value.parse().map_err(|e: sophia_gpt2::ModelError| SettingError::Value { key: key.into(), value: value.into(), reason: e.to_string() })?,
+            "kernels" => self.kernels = value.parse().map_err(|reason| SettingError::Value { key: key.into(), value: value.into(), reason })?,
             "preset" => self.preset = value.to_string(),
             "block_size" => self.block_size = parse_optional(key, value)?,
             "dropout" => self.dropout = parse_optional(key, value)?,
@@ -882,7 +888,7 @@ impl TrainConfig {
 
 /// The settings of [`TrainConfig`] that `--set` accepts (the optimizer's come on top).
 pub const TRAIN_SETTINGS: &[&str] = &[
-    "name", "out_dir", "data", "data_dir", "val_fraction", "tokenizer", "backend", "precision", "preset", "block_size", "dropout", "optimizer", "lr",
+    "name", "out_dir", "data", "data_dir", "val_fraction", "tokenizer", "backend", "precision", "kernels", "preset", "block_size", "dropout", "optimizer", "lr",
     "min_lr", "warmup_steps", "max_steps", "weight_decay", "decay", "grad_clip", "batch_size", "grad_accum", "eval_interval",
     "eval_batches", "log_interval", "checkpoint_interval", "keep_checkpoints", "sample_tokens", "sample_prompt", "on_nonfinite",
     "seed", "plots",

@@ -6,7 +6,7 @@ use burn::optim::decay::WeightDecayConfig;
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamWConfig, AdjustLrFn, GradientsParams, LionConfig, ModuleOptimizer, MuonConfig, OptimizerRecord};
-use sophia_gpt2::Gpt2;
+use sophia_gpt2::{Gpt2, Kernels};
 use sophia_optim::{HessianEstimator, SophiaGConfig, SophiaHConfig, SophiaOptimizer, SophiaStats, TigerConfig};
 
 use super::config::{AdamWSettings, DecaySelection, OptimizerConfig, Rho, TrainConfig};
@@ -78,6 +78,7 @@ impl RunOptimizer {
     pub fn new(config: &TrainConfig, model: &Gpt2, tokens_per_step: usize) -> Result<Self, TrainError> {
         let no_decay = undecayed_paths(model, config.decay);
         let wd = config.weight_decay;
+        let fused = config.kernels == Kernels::Fused;
         Ok(match &config.optimizer {
             OptimizerConfig::SophiaG(s) => {
                 let refresh_rows = config.hessian_batch_size().unwrap_or(config.batch_size);
@@ -91,6 +92,7 @@ impl RunOptimizer {
                     .with_weight_decay(wd)
                     .with_hessian_interval(s.hessian_interval)
                     .with_refresh_grad_clip((s.clip_hessian_grad && config.grad_clip > 0.0).then_some(config.grad_clip))
+                    .with_fused(fused)
                     .try_init()?;
                 Self::Sophia(sophia.with_weight_decay_group(group(no_decay), 0.0)?)
             }
@@ -102,6 +104,7 @@ impl RunOptimizer {
                     .with_epsilon(s.epsilon)
                     .with_weight_decay(wd)
                     .with_hessian_interval(s.hessian_interval)
+                    .with_fused(fused)
                     .try_init()?;
                 Self::Sophia(sophia.with_weight_decay_group(group(no_decay), 0.0)?)
             }
@@ -111,7 +114,7 @@ impl RunOptimizer {
                 Self::Plain(lion(wd).init().with_group(group(no_decay), lion(0.0).build(), None))
             }
             OptimizerConfig::Tiger(s) => {
-                let tiger = |decay: f64| TigerConfig::new().with_beta(s.beta).with_weight_decay(decay).try_build();
+                let tiger = |decay: f64| TigerConfig::new().with_beta(s.beta).with_weight_decay(decay).with_fused(fused).try_build();
                 Self::Plain(ModuleOptimizer::from(tiger(wd)?).with_group(group(no_decay), tiger(0.0)?, None))
             }
             OptimizerConfig::Muon(s) => {

@@ -97,7 +97,7 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<TrainSummary,
     if !options.resume && run_dir.join("checkpoints").join("latest").exists() {
         return Err(TrainError::RunExists(run_dir));
     }
-    let mut model = Gpt2::new(&model_config, &device, config.seed)?.with_precision(config.precision);
+    let mut model = Gpt2::new(&model_config, &device, config.seed)?.with_precision(config.precision).with_kernels(config.kernels);
     let mut optimizer = RunOptimizer::new(config, &model, tokens_per_step)?;
     let (mut start, mut tokens, mut elapsed_before, mut refreshes_before) = (0, 0u64, 0.0, 0);
     if options.resume {
