@@ -60,6 +60,7 @@ enum Commands {
 fn main() -> anyhow::Result<()> {
     ignore_file_size_signal();
     keep_freed_memory();
+    sophia_train::flush_denormals().context("could not configure rayon's thread pool to flush subnormal floats")?;
     match Cli::parse().command {
         Commands::Test(args) => test::run(args),
         Commands::Train(args) => train::run(*args),

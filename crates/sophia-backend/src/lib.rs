@@ -8,6 +8,9 @@ use std::str::FromStr;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
+mod denormals;
+pub use denormals::{flush_denormals, flush_denormals_on_this_thread};
+
 /// A Burn backend, by the name users pass to `--backend`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]

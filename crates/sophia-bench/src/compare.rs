@@ -330,7 +330,9 @@ pub fn run(options: &CompareOptions, run_options: &RunOptions, progress: &mut dy
     let model = Gpt2::new(&model_config, &device, base.seed)?;
     let dir = base.out_dir.join(&base.name);
     let mut results = Vec::new();
-    let mut unigram = f64::NAN;
+    // From the runs: the corpus' unigram loss and the model's size with the corpus' vocabulary
+    // (a character model's vocabulary is known only once the data is prepared).
+    let (mut unigram, mut parameters) = (f64::NAN, model.num_params());
     for &kind in &options.optimizers {
         // The base run with this optimizer (the base's settings when it is the base's optimizer,
         // else the regime preset's) at the preset's learning rate and weight decay.
@@ -348,7 +350,7 @@ pub fn run(options: &CompareOptions, run_options: &RunOptions, progress: &mut dy
         let best = report.best.ok_or(BenchError::Unsupported("every learning rate of an optimizer diverged; try smaller --lr-multipliers"))?;
         let point: &SweepPoint = &report.points[best];
         let summary = point.summary.clone().expect("the best point finished");
-        unigram = summary.unigram_val_loss;
+        (unigram, parameters) = (summary.unigram_val_loss, summary.parameters);
         let best_config = TrainConfig { out_dir: dir.clone(), name: kind.to_string(), ..point.settings.apply(&config) };
         let sweep_entries = report.points.iter().map(|p| SweepEntry { lr: p.settings.lr, rho: p.settings.rho, final_val_loss: p.summary.as_ref().map(|s| s.final_val_loss) }).collect();
         let runs = seed_runs(&best_config, Some((summary, &point.run_dir)), options.seeds, &dir, kind.name(), run_options, progress)?;
@@ -366,7 +368,7 @@ pub fn run(options: &CompareOptions, run_options: &RunOptions, progress: &mut dy
     Ok(CompareReport {
         machine: Machine::detect(&base.backend.to_string()),
         base: base.clone(),
-        parameters: model.num_params(),
+        parameters,
         lr_multipliers: options.lr_multipliers.clone(),
         rhos: options.rhos.clone(),
         seeds: options.seeds,

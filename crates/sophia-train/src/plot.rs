@@ -87,6 +87,13 @@ pub fn draw(stem: &Path, panels: &[Panel]) -> Result<(), PlotError> {
 fn draw_on<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, panels: &[Panel]) -> Result<(), String> {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     root.fill(&WHITE).map_err(err)?;
+    // One colour per label across the figure, so a series keeps its colour in every panel.
+    let mut labels: Vec<&str> = Vec::new();
+    for series in panels.iter().flat_map(|p| &p.series) {
+        if !labels.contains(&series.label.as_str()) {
+            labels.push(&series.label);
+        }
+    }
     let areas = root.split_evenly((1, panels.len().max(1)));
     for (area, panel) in areas.iter().zip(panels) {
         let points = || panel.series.iter().flat_map(|s| s.points.iter()).filter(|(x, y)| x.is_finite() && y.is_finite());
@@ -118,7 +125,8 @@ fn draw_on<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, pa
                     .label_style((FONT, 13))
                     .draw()
                     .map_err(err)?;
-                for (i, series) in panel.series.iter().enumerate() {
+                for series in &panel.series {
+                    let i = labels.iter().position(|&l| l == series.label).unwrap_or(0);
                     let color = colors[i % colors.len()];
                     let band: Vec<(f64, f64, f64)> =
                         series.band.iter().copied().filter(|&(x, lo, hi)| x.is_finite() && lo.is_finite() && hi.is_finite() && (!panel.log_y || lo > 0.0)).collect();

@@ -276,6 +276,8 @@ fn train(run: Run) -> anyhow::Result<Trained> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Subnormal floats from underflowing softmax rows slow the CPU's matmuls many times over.
+    sophia_train::flush_denormals()?;
     let mut args = std::env::args().skip(1);
     let data = args.next().unwrap_or_else(|| "shakespeare".into());
     let count = |arg: Option<String>, name: &str, default: usize| -> anyhow::Result<usize> {
