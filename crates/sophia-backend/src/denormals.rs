@@ -1,20 +1,18 @@
 //! Flush-to-zero for the CPU backends' threads.
 //!
-//! A training run produces subnormal `f32` values (magnitudes below 1.18e-38) as soon as some
-//! probabilities underflow: a sharp attention row's `exp`, its products in the backward pass.
-//! x86 CPUs handle subnormal operands and results in microcode, about a hundred times slower
-//! than a normal FMA, and one subnormal in a matrix stalls gemm's whole micro-kernel. Measured
-//! on the default char run with SophiaG at lr 2.4e-3 on our 2-core AVX-512 machine: the step
-//! time grew from 0.22 s to 1.2 s between steps 100 and 400, 87% of it in gemm's AVX-512
-//! micro-kernel; setting FTZ and DAZ in the running process brought it back to 0.28 s. PyTorch
-//! offers the same switch (`torch.set_flush_denormal(True)`); GPUs flush `f32` subnormals in
-//! their fast paths anyway.
+//! A training run can produce subnormal `f32` values (magnitudes below 1.18e-38), for example where
+//! probabilities underflow in a softmax and flow on through the backward pass. x86 CPUs handle
+//! subnormal operands and results in microcode, many times slower than a normal FMA, and subnormals
+//! in a matrix stall gemm's micro-kernel. Measured on the char model with SophiaG at lr
+//! 2.4e-3 on our 2-core AVX-512 machine: the step time grew from 0.22 s to 1.2 s between steps 100
+//! and 400, 87% of it in gemm's AVX-512 micro-kernel; setting FTZ and DAZ in the running process
+//! brought it back to 0.28 s. PyTorch offers the same switch (`torch.set_flush_denormal(True)`).
 //!
 //! Flushing changes only values below 1.18e-38 (to zero), far below anything a loss, gradient or
 //! optimizer state of this project resolves; runs stay deterministic, and a resumed run flushes
 //! like the run it continues. It is a property of threads, so it is the application's choice:
-//! `xtask` and the examples call [`flush_denormals`] first thing in `main`; a library that
-//! depends on `sophia-optim` or `sophia-gpt2` is left as it is.
+//! `xtask` and the `learner_gpt2` example call [`flush_denormals`] first thing in `main`; a library
+//! that depends on `sophia-optim` or `sophia-gpt2` is left as it is.
 
 /// Make `f32`/`f64` arithmetic flush subnormal results to zero and read subnormal inputs as zero
 /// on the calling thread and on every thread of rayon's global pool (where Burn's flex backend
