@@ -276,7 +276,7 @@ fn train(run: Run) -> anyhow::Result<Trained> {
 }
 
 fn main() -> anyhow::Result<()> {
-    // Subnormal floats from underflowing softmax rows slow the CPU's matmuls many times over.
+    // Subnormal floats can slow the CPU's matrix products many times over (see sophia_backend).
     sophia_train::flush_denormals()?;
     let mut args = std::env::args().skip(1);
     let data = args.next().unwrap_or_else(|| "shakespeare".into());
