@@ -63,8 +63,9 @@ const OPTIMIZERS: [OptimizerKind; 6] = [
     OptimizerKind::Muon,
 ];
 
-/// The optimizers whose update has a one-pass form on flex (timed both ways).
-const FUSED: [OptimizerKind; 3] = [OptimizerKind::SophiaG, OptimizerKind::SophiaH, OptimizerKind::Tiger];
+/// The optimizers whose update has a one-pass form on flex (timed both ways; AdamW's and Lion's
+/// composed form is Burn's own optimizer).
+const FUSED: [OptimizerKind; 5] = [OptimizerKind::AdamW, OptimizerKind::SophiaG, OptimizerKind::SophiaH, OptimizerKind::Lion, OptimizerKind::Tiger];
 
 /// Time every optimizer's step on the parameters of each preset.
 pub fn run(presets: &[&str], repetitions: usize, device: &Device, backend: &str, progress: &mut dyn FnMut(&str)) -> Result<StepReport, BenchError> {

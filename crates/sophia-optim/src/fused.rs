@@ -43,6 +43,21 @@ fn elements(tensor: &FlexTensor) -> &[f32] {
     tensor.as_slice::<f32>().expect("made row-major by `primitive`")
 }
 
+/// `θ · (1 − η λ)`, or `θ` when there is no decay.
+#[inline(always)]
+fn decayed(theta: f32, decay: Option<f32>) -> f32 {
+    match decay {
+        Some(decay) => theta * decay,
+        None => theta,
+    }
+}
+
+/// Burn's `sign`: ±1, and 0 for 0 and NaN.
+#[inline(always)]
+fn sign(x: f32) -> f32 {
+    if x.is_nan() || x == 0.0 { 0.0 } else { 1.0f32.copysign(x) }
+}
+
 /// Sophia's preconditioner `D(h)`, with its constants in f32.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Preconditioner {
@@ -118,11 +133,7 @@ fn sophia_chunk(u: &SophiaUpdate, theta: &mut [f32], m: &mut [f32], g: &[f32], h
         *m = *m * u.beta_1 + g * u.one_minus_beta_1;
         let ratio = (*m / u.preconditioner.of(h)).clamp(-1.0, 1.0);
         not_clipped += u64::from(ratio.abs() < 1.0);
-        let decayed = match u.decay {
-            Some(decay) => *theta * decay,
-            None => *theta,
-        };
-        *theta = decayed - ratio * u.lr;
+        *theta = decayed(*theta, u.decay) - ratio * u.lr;
     }
     not_clipped
 }
@@ -150,12 +161,93 @@ pub(crate) fn tiger_update<const D: usize>(update: &TigerUpdate, tensor: Tensor<
     theta_elements.par_chunks_mut(CHUNK).zip(momentum_elements.par_chunks_mut(CHUNK)).zip(g.par_chunks(CHUNK)).for_each(|((theta, m), g)| {
         for ((theta, m), &g) in theta.iter_mut().zip(m.iter_mut()).zip(g) {
             *m = *m * update.beta + g * update.one_minus_beta;
-            let sign = if m.is_nan() || *m == 0.0 { 0.0 } else { 1.0f32.copysign(*m) };
-            let decayed = match update.decay {
-                Some(decay) => *theta * decay,
-                None => *theta,
-            };
-            *theta = decayed - sign * update.lr;
+            *theta = decayed(*theta, update.decay) - sign(*m) * update.lr;
+        }
+    });
+    (Tensor::from_primitive::<Flex>(theta), Tensor::from_primitive::<Flex>(momentum))
+}
+
+/// The constants of one AdamW update, in f32.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AdamWUpdate {
+    /// `β₁`.
+    pub beta_1: f32,
+    /// `1 − β₁`.
+    pub one_minus_beta_1: f32,
+    /// `β₂`.
+    pub beta_2: f32,
+    /// `1 − β₂`.
+    pub one_minus_beta_2: f32,
+    /// `1 − β₁ᵗ`.
+    pub bias_correction_1: f32,
+    /// `1 − β₂ᵗ`.
+    pub bias_correction_2: f32,
+    /// `ε`.
+    pub epsilon: f32,
+    /// `1 − η λ`; `None` when it is exactly 1.
+    pub decay: Option<f32>,
+    /// `η`.
+    pub lr: f32,
+}
+
+/// AdamW's update (PyTorch's, in Burn's order of operations):
+///
+/// ```text
+/// m ← β₁ m + (1 − β₁) g;   v ← β₂ v + (1 − β₂) g²
+/// θ ← θ (1 − η λ) − η · (m / (1 − β₁ᵗ)) / (√(v / (1 − β₂ᵗ)) + ε)
+/// ```
+///
+/// Returns the new parameter and moments.
+pub(crate) fn adamw_update<const D: usize>(update: &AdamWUpdate, tensor: Tensor<D>, grad: Tensor<D>, moment_1: Tensor<D>, moment_2: Tensor<D>) -> (Tensor<D>, Tensor<D>, Tensor<D>) {
+    let (mut theta, grad, mut moment_1, mut moment_2) = (primitive(tensor), primitive(grad), primitive(moment_1), primitive(moment_2));
+    let g = elements(&grad);
+    let (theta_elements, m_elements, v_elements) = (elements_mut(&mut theta), elements_mut(&mut moment_1), elements_mut(&mut moment_2));
+    let u = update;
+    theta_elements
+        .par_chunks_mut(CHUNK)
+        .zip(m_elements.par_chunks_mut(CHUNK))
+        .zip(v_elements.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)))
+        .for_each(|((theta, m), (v, g))| {
+            for (((theta, m), v), &g) in theta.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+                *m = *m * u.beta_1 + g * u.one_minus_beta_1;
+                *v = *v * u.beta_2 + (g * g) * u.one_minus_beta_2;
+                let delta = (*m / u.bias_correction_1) / ((*v / u.bias_correction_2).sqrt() + u.epsilon);
+                *theta = decayed(*theta, u.decay) - delta * u.lr;
+            }
+        });
+    (Tensor::from_primitive::<Flex>(theta), Tensor::from_primitive::<Flex>(moment_1), Tensor::from_primitive::<Flex>(moment_2))
+}
+
+/// The constants of one Lion update, in f32.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LionUpdate {
+    /// `β₁`.
+    pub beta_1: f32,
+    /// `1 − β₁`.
+    pub one_minus_beta_1: f32,
+    /// `β₂`.
+    pub beta_2: f32,
+    /// `1 − β₂`.
+    pub one_minus_beta_2: f32,
+    /// `1 − η λ`; `None` when it is exactly 1.
+    pub decay: Option<f32>,
+    /// `η`.
+    pub lr: f32,
+}
+
+/// Lion's update `c = β₁ m + (1 − β₁) g; θ ← θ (1 − η λ) − η sign(c); m ← β₂ m + (1 − β₂) g`;
+/// returns the new parameter and momentum.
+pub(crate) fn lion_update<const D: usize>(update: &LionUpdate, tensor: Tensor<D>, grad: Tensor<D>, momentum: Tensor<D>) -> (Tensor<D>, Tensor<D>) {
+    let (mut theta, grad, mut momentum) = (primitive(tensor), primitive(grad), primitive(momentum));
+    let g = elements(&grad);
+    let theta_elements = elements_mut(&mut theta);
+    let momentum_elements = elements_mut(&mut momentum);
+    let u = update;
+    theta_elements.par_chunks_mut(CHUNK).zip(momentum_elements.par_chunks_mut(CHUNK)).zip(g.par_chunks(CHUNK)).for_each(|((theta, m), g)| {
+        for ((theta, m), &g) in theta.iter_mut().zip(m.iter_mut()).zip(g) {
+            let direction = sign(*m * u.beta_1 + g * u.one_minus_beta_1);
+            *m = *m * u.beta_2 + g * u.one_minus_beta_2;
+            *theta = decayed(*theta, u.decay) - direction * u.lr;
         }
     });
     (Tensor::from_primitive::<Flex>(theta), Tensor::from_primitive::<Flex>(momentum))

@@ -1,7 +1,8 @@
 //! Invalid configuration gives a typed error naming the field, its value and the allowed range.
 
 use sophia_optim::{
-    ConfigError, GlobalNormClip, Hutchinson, SophiaGConfig, SophiaHConfig, TigerConfig, WarmupCosineConfig,
+    AdamWConfig, ConfigError, GlobalNormClip, Hutchinson, LionConfig, SophiaGConfig, SophiaHConfig, TigerConfig,
+    WarmupCosineConfig,
 };
 
 fn assert_rejects(result: Result<(), ConfigError>, field: &str, value: &str) {
@@ -40,6 +41,20 @@ fn sophia_h_rejects_each_bad_field() {
     assert_rejects(ok().with_epsilon(0.0).validate(), "epsilon", "0");
     assert_rejects(ok().with_weight_decay(f64::NAN).validate(), "weight_decay", "NaN");
     assert_rejects(ok().with_hessian_interval(0).validate(), "hessian_interval", "0");
+}
+
+#[test]
+fn adamw_and_lion_reject_each_bad_field() {
+    assert!(AdamWConfig::new().validate().is_ok() && LionConfig::new().validate().is_ok());
+    assert_rejects(AdamWConfig::new().with_beta_1(1.5).validate(), "beta_1", "1.5");
+    assert_rejects(AdamWConfig::new().with_beta_2(-0.1).validate(), "beta_2", "-0.1");
+    assert_rejects(AdamWConfig::new().with_epsilon(0.0).validate(), "epsilon", "0");
+    assert_rejects(AdamWConfig::new().with_weight_decay(f64::INFINITY).validate(), "weight_decay", "inf");
+    assert_rejects(LionConfig::new().with_beta_1(1.0).validate(), "beta_1", "1");
+    assert_rejects(LionConfig::new().with_beta_2(f64::NAN).validate(), "beta_2", "NaN");
+    assert_rejects(LionConfig::new().with_weight_decay(-1.0).validate(), "weight_decay", "-1");
+    let message = AdamWConfig::new().with_beta_2(2.0).try_init().err().expect("beta_2 = 2 is rejected").to_string();
+    assert!(message.contains("AdamW"), "{message}");
 }
 
 #[test]

@@ -1,17 +1,17 @@
-//! The one-pass updates of the flex backend (feature `flex`) against Burn's composed operations:
-//! the same weights, momentum and Hessian bit for bit, the same win counts, over several steps
-//! with refreshes, on odd shapes, parameters larger than one parallel chunk and non-contiguous
-//! gradients. Without the feature both runs take the composed path. The golden tests check both
+//! The one-pass updates of the flex backend (feature `flex`) against Burn's composed operations
+//! (for AdamW and Lion, Burn's own optimizers): the same weights, moments and Hessian bit for
+//! bit, the same win counts and step counts, over several steps with refreshes, on odd shapes,
+//! parameters larger than one parallel chunk and non-contiguous gradients. Without the feature both runs take the composed path. The golden tests check both
 //! paths against the reference.
 
 use burn::module::{Module, Param};
-use burn::optim::GradientsParams;
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Distribution, Tensor};
 use proptest::prelude::*;
 use sophia_golden::RecordedState;
 use std::convert::Infallible;
 
-use sophia_optim::{EstimateFn, Refresh, SophiaGConfig, SophiaHConfig, SophiaOptimizer, TigerConfig};
+use sophia_optim::{AdamWConfig, EstimateFn, LionConfig, Refresh, SophiaGConfig, SophiaHConfig, SophiaOptimizer, TigerConfig};
 
 #[derive(Module, Debug)]
 struct Matrix {
@@ -86,15 +86,74 @@ proptest! {
 
     #[test]
     fn fused_tiger_is_bit_identical_to_the_composed_one(rows in 1usize..70, cols in prop_oneof![1usize..40, Just(700usize)], seed in 0u64..1000, weight_decay in prop_oneof![Just(0.0), Just(0.3)]) {
-        let run = |fused| {
-            let mut optim = TigerConfig::new().with_weight_decay(weight_decay).with_fused(fused).try_init().unwrap();
-            let mut module = initial(rows, cols, seed);
-            for n in 0..5 {
-                let grads = grads_of(&module, gradient(rows, cols, seed, n));
-                module = optim.step(1e-2, module, grads);
-            }
-            (values(&module), state(optim.to_record(), &module, "momentum"))
-        };
-        prop_assert_eq!(run(true), run(false));
+        let tiger = |fused| TigerConfig::new().with_weight_decay(weight_decay).with_fused(fused).try_init().unwrap();
+        prop_assert_eq!(plain_run(tiger(true), rows, cols, seed, &["momentum"]), plain_run(tiger(false), rows, cols, seed, &["momentum"]));
     }
+
+    #[test]
+    fn fused_adamw_is_bit_identical_to_burns(rows in 1usize..70, cols in prop_oneof![1usize..40, Just(700usize)], seed in 0u64..1000, weight_decay in prop_oneof![Just(0.0), Just(0.1)]) {
+        let adamw = |fused| AdamWConfig::new().with_beta_2(0.99).with_weight_decay(weight_decay).with_fused(fused).try_init().unwrap();
+        let leaves = ["momentum.moment_1", "momentum.moment_2"];
+        let (fused, composed) = (plain_run(adamw(true), rows, cols, seed, &leaves), plain_run(adamw(false), rows, cols, seed, &leaves));
+        prop_assert_eq!(fused.2, Some(5));
+        prop_assert_eq!(fused, composed);
+    }
+
+    #[test]
+    fn fused_lion_is_bit_identical_to_burns(rows in 1usize..70, cols in prop_oneof![1usize..40, Just(700usize)], seed in 0u64..1000, weight_decay in prop_oneof![Just(0.0), Just(0.3)]) {
+        let lion = |fused| LionConfig::new().with_weight_decay(weight_decay).with_fused(fused).try_init().unwrap();
+        prop_assert_eq!(plain_run(lion(true), rows, cols, seed, &["momentum"]), plain_run(lion(false), rows, cols, seed, &["momentum"]));
+    }
+}
+
+/// Five steps of a first-order optimizer at changing learning rates; the weights, the bits of
+/// the state tensors `leaves` and AdamW's step count (`None` for the others).
+fn plain_run(mut optim: ModuleOptimizer, rows: usize, cols: usize, seed: u64, leaves: &[&str]) -> (Vec<u32>, Vec<Vec<u32>>, Option<usize>) {
+    let mut module = initial(rows, cols, seed);
+    for n in 0..5 {
+        let grads = grads_of(&module, gradient(rows, cols, seed, n));
+        module = optim.step(1e-2 / (n + 1) as f64, module, grads);
+    }
+    let states = leaves.iter().map(|leaf| state(optim.to_record(), &module, leaf)).collect();
+    let time = (leaves.len() == 2).then(|| RecordedState::read(optim.to_record()).scalar(module.w.id, "momentum.time"));
+    (values(&module), states, time)
+}
+
+/// Burn's optimizer for three steps, its checkpoint loaded into ours (one-pass on flex) for two
+/// more, and ours checkpointed back into Burn's for a sixth: the same bits as six steps of
+/// Burn's alone, so checkpoints move both ways and a fused run resumes exactly.
+fn resumes_across(burns: impl Fn() -> ModuleOptimizer, ours: impl Fn() -> ModuleOptimizer, leaves: &[&str]) {
+    let (rows, cols, seed) = (13, 700, 7);
+    let step = |optim: &mut ModuleOptimizer, module: Matrix, n: usize| {
+        let grads = grads_of(&module, gradient(rows, cols, seed, n));
+        optim.step(1e-2 / (n + 1) as f64, module, grads)
+    };
+    let (mut alone, mut uninterrupted) = (burns(), initial(rows, cols, seed));
+    for n in 0..6 {
+        uninterrupted = step(&mut alone, uninterrupted, n);
+    }
+    let (mut first, mut module) = (burns(), initial(rows, cols, seed));
+    for n in 0..3 {
+        module = step(&mut first, module, n);
+    }
+    let mut second = ours().load_record(first.to_record());
+    for n in 3..5 {
+        module = step(&mut second, module, n);
+    }
+    let mut third = burns().load_record(second.to_record());
+    module = step(&mut third, module, 5);
+    assert_eq!(values(&module), values(&uninterrupted));
+    for leaf in leaves {
+        assert_eq!(state(third.to_record(), &module, leaf), state(alone.to_record(), &uninterrupted, leaf), "{leaf}");
+    }
+}
+
+#[test]
+fn adamw_and_lion_checkpoints_move_between_burns_optimizers_and_ours() {
+    let burn_adamw = || burn::optim::AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(0.1).init();
+    let adamw = || AdamWConfig::new().with_weight_decay(0.1).try_init().unwrap();
+    resumes_across(burn_adamw, adamw, &["momentum.moment_1", "momentum.moment_2"]);
+    let burn_lion = || burn::optim::LionConfig::new().with_weight_decay(0.3).init();
+    let lion = || LionConfig::new().with_weight_decay(0.3).try_init().unwrap();
+    resumes_across(burn_lion, lion, &["momentum"]);
 }

@@ -5,9 +5,9 @@ use burn::module::ParamGroup;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{AdamWConfig, AdjustLrFn, GradientsParams, LionConfig, ModuleOptimizer, MuonConfig, OptimizerRecord};
+use burn::optim::{AdjustLrFn, GradientsParams, ModuleOptimizer, MuonConfig, OptimizerRecord};
 use sophia_gpt2::{Gpt2, Kernels};
-use sophia_optim::{HessianEstimator, SophiaGConfig, SophiaHConfig, SophiaOptimizer, SophiaStats, TigerConfig};
+use sophia_optim::{AdamWConfig, HessianEstimator, LionConfig, SophiaGConfig, SophiaHConfig, SophiaOptimizer, SophiaStats, TigerConfig};
 
 use super::config::{AdamWSettings, DecaySelection, OptimizerConfig, Rho, TrainConfig};
 use crate::error::TrainError;
@@ -58,12 +58,14 @@ fn group(paths: Vec<String>) -> ParamGroup {
     ParamGroup::from_paths(paths)
 }
 
-fn adamw(settings: &AdamWSettings, weight_decay: f64) -> AdamWConfig {
-    AdamWConfig::new()
-        .with_beta_1(settings.beta1 as f32)
-        .with_beta_2(settings.beta2 as f32)
-        .with_epsilon(settings.epsilon as f32)
-        .with_weight_decay(weight_decay as f32)
+fn adamw(settings: &AdamWSettings, weight_decay: f64, fused: bool) -> Result<sophia_optim::AdamW, TrainError> {
+    let config = AdamWConfig::new()
+        .with_beta_1(settings.beta1)
+        .with_beta_2(settings.beta2)
+        .with_epsilon(settings.epsilon)
+        .with_weight_decay(weight_decay)
+        .with_fused(fused);
+    Ok(config.try_build()?)
 }
 
 impl RunOptimizer {
@@ -108,10 +110,10 @@ impl RunOptimizer {
                     .try_init()?;
                 Self::Sophia(sophia.with_weight_decay_group(group(no_decay), 0.0)?)
             }
-            OptimizerConfig::AdamW(s) => Self::Plain(adamw(s, wd).init().with_group(group(no_decay), adamw(s, 0.0).build(), None)),
+            OptimizerConfig::AdamW(s) => Self::Plain(ModuleOptimizer::from(adamw(s, wd, fused)?).with_group(group(no_decay), adamw(s, 0.0, fused)?, None)),
             OptimizerConfig::Lion(s) => {
-                let lion = |decay: f64| LionConfig::new().with_beta_1(s.beta1 as f32).with_beta_2(s.beta2 as f32).with_weight_decay(decay as f32);
-                Self::Plain(lion(wd).init().with_group(group(no_decay), lion(0.0).build(), None))
+                let lion = |decay: f64| LionConfig::new().with_beta_1(s.beta1).with_beta_2(s.beta2).with_weight_decay(decay).with_fused(fused).try_build();
+                Self::Plain(ModuleOptimizer::from(lion(wd)?).with_group(group(no_decay), lion(0.0)?, None))
             }
             OptimizerConfig::Tiger(s) => {
                 let tiger = |decay: f64| TigerConfig::new().with_beta(s.beta).with_weight_decay(decay).with_fused(fused).try_build();
@@ -136,9 +138,8 @@ impl RunOptimizer {
                     .with_adjust_lr_fn(AdjustLrFn::MatchRmsAdamW)
                     .build();
                 Self::Plain(
-                    adamw(&s.adamw, wd)
-                        .init()
-                        .with_group(group(no_decay), adamw(&s.adamw, 0.0).build(), None)
+                    ModuleOptimizer::from(adamw(&s.adamw, wd, fused)?)
+                        .with_group(group(no_decay), adamw(&s.adamw, 0.0, fused)?, None)
                         .with_group(group(matrices), muon, None),
                 )
             }
