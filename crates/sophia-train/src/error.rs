@@ -87,6 +87,9 @@ pub enum TrainError {
     /// The run directory already holds a run.
     #[error("{0} already holds a run; pass --resume to continue it, or choose another --name")]
     RunExists(PathBuf),
+    /// Another process trains in the run directory.
+    #[error("{0} is in use by another training process; wait for it to finish, or choose another --name")]
+    RunInUse(PathBuf),
     /// Files of the run directory.
     #[error("{path}: {source}")]
     Io {

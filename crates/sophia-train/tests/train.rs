@@ -262,6 +262,26 @@ fn bad_inputs_are_clear_errors() {
 }
 
 #[test]
+fn a_run_directory_in_use_by_another_process_is_refused() {
+    let dir = scratch("in-use");
+    let config = tiny(&dir, OptimizerKind::AdamW);
+    let run_dir = config.out_dir.join(&config.name);
+    std::fs::create_dir_all(&run_dir).unwrap();
+    // What another training process holds: the lock on the run directory's `.lock` file.
+    let other = std::fs::File::create(run_dir.join(".lock")).unwrap();
+    other.lock().unwrap();
+    let message = train(&config, &RunOptions::default()).unwrap_err().to_string();
+    assert!(message.contains("in use by another training process") && message.contains(&config.name), "{message}");
+    let left: Vec<_> = std::fs::read_dir(&run_dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, [".lock"], "nothing written beside the lock");
+    // Once the other process lets go, the run trains (and lets go of the lock itself).
+    drop(other);
+    train(&config, &RunOptions::default()).unwrap();
+    std::fs::File::open(run_dir.join(".lock")).unwrap().try_lock().expect("a finished run releases its directory");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn tokenizer_and_batches() {
     let tokenizer = Gpt2Tokenizer::new();
     assert_eq!(tokenizer.encode("Hello world"), vec![15496, 995]);

@@ -72,6 +72,20 @@ pub struct TrainSummary {
     pub final_win_rate: Option<f64>,
 }
 
+/// Hold `run_dir` (created if missing) for this process: an exclusive lock on its `.lock` file,
+/// released when the returned file is dropped or the process ends, however it ends. Two
+/// processes writing one run's checkpoints and metrics would corrupt each other's.
+fn lock_run_dir(run_dir: &Path) -> Result<std::fs::File, TrainError> {
+    std::fs::create_dir_all(run_dir).map_err(io_err(run_dir))?;
+    let path = run_dir.join(".lock");
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err(&path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(TrainError::RunInUse(run_dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(source)) => Err(io_err(&path)(source)),
+    }
+}
+
 /// Train a GPT-2 as `config` says; see the module docs.
 pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<TrainSummary, TrainError> {
     // ---- Settings, device, data ---------------------------------------------------------
@@ -94,6 +108,7 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<TrainSummary,
     // ---- Run directory, model, optimizer, checkpoint -------------------------------------
     let run_dir = config.out_dir.join(&config.name);
     let checkpoints = Checkpoints::new(&run_dir, config.keep_checkpoints);
+    let _lock = lock_run_dir(&run_dir)?;
     if !options.resume && run_dir.join("checkpoints").join("latest").exists() {
         return Err(TrainError::RunExists(run_dir));
     }
@@ -111,7 +126,6 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<TrainSummary,
         (start, tokens, elapsed_before, refreshes_before) = (state.step, state.tokens, state.elapsed_secs, state.refreshes);
         say(&format!("resuming {} at step {start}", run_dir.display()));
     }
-    std::fs::create_dir_all(&run_dir).map_err(io_err(&run_dir))?;
     let config_path = run_dir.join("config.json");
     crate::fs::write_json(&config_path, config).map_err(io_err(&config_path))?;
     let tokenizer_path = run_dir.join("tokenizer.json");
