@@ -111,7 +111,6 @@ impl Optimizer for AdamW {
                 let c = self.constants;
                 let time = s.time + 1;
                 // Burn's scalars: factors and bias corrections in f32, the decay in f64.
-                let decay = 1.0 - lr * c.weight_decay as f64;
                 let update = crate::fused::AdamWUpdate {
                     beta_1: c.beta_1,
                     one_minus_beta_1: 1.0 - c.beta_1,
@@ -120,7 +119,7 @@ impl Optimizer for AdamW {
                     bias_correction_1: 1.0 - c.beta_1.powi(time as i32),
                     bias_correction_2: 1.0 - c.beta_2.powi(time as i32),
                     epsilon: c.epsilon,
-                    decay: (decay != 1.0).then_some(decay as f32),
+                    decay: crate::fused::decay_factor(lr, c.weight_decay as f64),
                     lr: lr as f32,
                 };
                 let (tensor, moment_1, moment_2) = crate::fused::adamw_update(&update, tensor, grad, s.moment_1, s.moment_2);

@@ -43,6 +43,13 @@ fn elements(tensor: &FlexTensor) -> &[f32] {
     tensor.as_slice::<f32>().expect("made row-major by `primitive`")
 }
 
+/// The decay factor `1 − η λ` of a one-pass update: computed in f64 and rounded to f32 as Burn
+/// rounds a scalar, `None` when it is exactly 1 (the composed paths then skip the product).
+pub(crate) fn decay_factor(lr: f64, weight_decay: f64) -> Option<f32> {
+    let decay = 1.0 - lr * weight_decay;
+    (decay != 1.0).then_some(decay as f32)
+}
+
 /// `θ · (1 − η λ)`, or `θ` when there is no decay.
 #[inline(always)]
 fn decayed(theta: f32, decay: Option<f32>) -> f32 {

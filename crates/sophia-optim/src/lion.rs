@@ -95,13 +95,12 @@ impl Optimizer for Lion {
             Some(state) if self.constants.fused && crate::fused::applies(&[&tensor, &grad, &state.momentum]) => {
                 let c = self.constants;
                 // Burn's scalars: the factors in f32, the decay in f64.
-                let decay = 1.0 - lr * c.weight_decay as f64;
                 let update = crate::fused::LionUpdate {
                     beta_1: c.beta_1,
                     one_minus_beta_1: 1.0 - c.beta_1,
                     beta_2: c.beta_2,
                     one_minus_beta_2: 1.0 - c.beta_2,
-                    decay: (decay != 1.0).then_some(decay as f32),
+                    decay: crate::fused::decay_factor(lr, c.weight_decay as f64),
                     lr: lr as f32,
                 };
                 let (tensor, momentum) = crate::fused::lion_update(&update, tensor, grad, state.momentum);

@@ -338,12 +338,11 @@ impl Sophia {
             SophiaVariant::GaussNewtonBartlett { batch_size, epsilon, .. } => Preconditioner::Scaled { scale: (scale * batch_size as f64) as f32, epsilon: epsilon as f32 },
             SophiaVariant::Hutchinson { epsilon, .. } => Preconditioner::Floored { scale: scale as f32, epsilon: epsilon as f32 },
         };
-        let decay = 1.0 - lr * self.weight_decay;
         let update = SophiaUpdate {
             beta_1: self.beta_1 as f32,
             one_minus_beta_1: (1.0 - self.beta_1) as f32,
             preconditioner,
-            decay: (decay != 1.0).then_some(decay as f32),
+            decay: crate::fused::decay_factor(lr, self.weight_decay),
             lr: lr as f32,
         };
         let (device, coordinates) = (tensor.device(), tensor.shape().num_elements() as u64);

@@ -87,11 +87,10 @@ impl Optimizer for Tiger {
         #[cfg(feature = "flex")]
         let state = match state {
             Some(state) if self.fused && !self.scale_by_rms && crate::fused::applies(&[&tensor, &grad, &state.momentum]) => {
-                let decay = 1.0 - lr * self.weight_decay;
                 let update = crate::fused::TigerUpdate {
                     beta: self.beta as f32,
                     one_minus_beta: (1.0 - self.beta) as f32,
-                    decay: (decay != 1.0).then_some(decay as f32),
+                    decay: crate::fused::decay_factor(lr, self.weight_decay),
                     lr: lr as f32,
                 };
                 let (tensor, momentum) = crate::fused::tiger_update(&update, tensor, grad, state.momentum);
