@@ -145,35 +145,6 @@ fn sophia_chunk(u: &SophiaUpdate, theta: &mut [f32], m: &mut [f32], g: &[f32], h
     not_clipped
 }
 
-/// The constants of one Tiger update, in f32.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct TigerUpdate {
-    /// `β`.
-    pub beta: f32,
-    /// `1 − β` (computed in f64, then rounded).
-    pub one_minus_beta: f32,
-    /// `1 − η λ`; `None` when it is exactly 1.
-    pub decay: Option<f32>,
-    /// `η`.
-    pub lr: f32,
-}
-
-/// Tiger's update `m ← β m + (1 − β) g; θ ← θ (1 − η λ) − η sign(m)` (`sign` of 0 and of NaN is
-/// 0, as Burn's); returns the new parameter and momentum.
-pub(crate) fn tiger_update<const D: usize>(update: &TigerUpdate, tensor: Tensor<D>, grad: Tensor<D>, momentum: Tensor<D>) -> (Tensor<D>, Tensor<D>) {
-    let (mut theta, grad, mut momentum) = (primitive(tensor), primitive(grad), primitive(momentum));
-    let g = elements(&grad);
-    let theta_elements = elements_mut(&mut theta);
-    let momentum_elements = elements_mut(&mut momentum);
-    theta_elements.par_chunks_mut(CHUNK).zip(momentum_elements.par_chunks_mut(CHUNK)).zip(g.par_chunks(CHUNK)).for_each(|((theta, m), g)| {
-        for ((theta, m), &g) in theta.iter_mut().zip(m.iter_mut()).zip(g) {
-            *m = *m * update.beta + g * update.one_minus_beta;
-            *theta = decayed(*theta, update.decay) - sign(*m) * update.lr;
-        }
-    });
-    (Tensor::from_primitive::<Flex>(theta), Tensor::from_primitive::<Flex>(momentum))
-}
-
 /// The constants of one AdamW update, in f32.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct AdamWUpdate {
@@ -225,7 +196,7 @@ pub(crate) fn adamw_update<const D: usize>(update: &AdamWUpdate, tensor: Tensor<
     (Tensor::from_primitive::<Flex>(theta), Tensor::from_primitive::<Flex>(moment_1), Tensor::from_primitive::<Flex>(moment_2))
 }
 
-/// The constants of one Lion update, in f32.
+/// The constants of one Lion update, in f32 (Tiger's with `β₁ = β₂ = β`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct LionUpdate {
     /// `β₁`.
@@ -242,8 +213,10 @@ pub(crate) struct LionUpdate {
     pub lr: f32,
 }
 
-/// Lion's update `c = β₁ m + (1 − β₁) g; θ ← θ (1 − η λ) − η sign(c); m ← β₂ m + (1 − β₂) g`;
-/// returns the new parameter and momentum.
+/// Lion's update `c = β₁ m + (1 − β₁) g; θ ← θ (1 − η λ) − η sign(c); m ← β₂ m + (1 − β₂) g`
+/// (`sign` of 0 and of NaN is 0, as Burn's); returns the new parameter and momentum. With
+/// `β₁ = β₂ = β` it is Tiger's `m ← β m + (1 − β) g; θ ← θ (1 − η λ) − η sign(m)`: `c` is then
+/// the new `m`, computed with the same operations.
 pub(crate) fn lion_update<const D: usize>(update: &LionUpdate, tensor: Tensor<D>, grad: Tensor<D>, momentum: Tensor<D>) -> (Tensor<D>, Tensor<D>) {
     let (mut theta, grad, mut momentum) = (primitive(tensor), primitive(grad), primitive(momentum));
     let g = elements(&grad);

@@ -87,13 +87,18 @@ impl Optimizer for Tiger {
         #[cfg(feature = "flex")]
         let state = match state {
             Some(state) if self.fused && !self.scale_by_rms && crate::fused::applies(&[&tensor, &grad, &state.momentum]) => {
-                let update = crate::fused::TigerUpdate {
-                    beta: self.beta as f32,
-                    one_minus_beta: (1.0 - self.beta) as f32,
+                // Lion's pass with β₁ = β₂ = β (`1 − β` computed in f64, then rounded, as the
+                // composed path below rounds it).
+                let (beta, one_minus_beta) = (self.beta as f32, (1.0 - self.beta) as f32);
+                let update = crate::fused::LionUpdate {
+                    beta_1: beta,
+                    one_minus_beta_1: one_minus_beta,
+                    beta_2: beta,
+                    one_minus_beta_2: one_minus_beta,
                     decay: crate::fused::decay_factor(lr, self.weight_decay),
                     lr: lr as f32,
                 };
-                let (tensor, momentum) = crate::fused::tiger_update(&update, tensor, grad, state.momentum);
+                let (tensor, momentum) = crate::fused::lion_update(&update, tensor, grad, state.momentum);
                 return (tensor, Some(TigerState { momentum }));
             }
             state => state,

@@ -1,8 +1,8 @@
 //! The one-pass updates of the flex backend (feature `flex`) against Burn's composed operations
 //! (for AdamW and Lion, Burn's own optimizers): the same weights, moments and Hessian bit for
 //! bit, the same win counts and step counts, over several steps with refreshes, on odd shapes,
-//! parameters larger than one parallel chunk and non-contiguous gradients. Without the feature both runs take the composed path. The golden tests check both
-//! paths against the reference.
+//! parameters larger than one parallel chunk and non-contiguous gradients. Without the feature
+//! both runs take the composed path. The golden tests check both paths against the reference.
 
 use burn::module::{Module, Param};
 use burn::optim::{GradientsParams, ModuleOptimizer};
