@@ -83,8 +83,9 @@ enum Bench {
         /// Model presets.
         #[arg(long, value_delimiter = ',', default_value = "char,cpu-1m,cpu-3m,cpu-10m")]
         presets: Vec<String>,
-        /// The loss and label-sampling kernels to measure, each on every preset (fused: the
-        /// backend's fused kernels where it has them; composed: Burn's tensor operations).
+        /// The model's kernels to measure (matrix products, loss, label sampling, GELU), each on
+        /// every preset (fused: the backend's fused kernels where it has them; composed: Burn's
+        /// tensor operations).
         #[arg(long, value_delimiter = ',', default_value = "fused,composed", value_parser = crate::named::<Kernels>(["fused", "composed"]))]
         kernels: Vec<Kernels>,
         /// Sequences per step.

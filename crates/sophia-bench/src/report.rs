@@ -231,11 +231,12 @@ pub fn render(results: &Path, notes: Option<&str>) -> Result<String, crate::Benc
     if let Some(report) = read::<ThroughputReport>(results, "throughput.json", &mut missing)? {
         let _ = writeln!(
             out,
-            "\n## Throughput and MFU (`cargo xtask bench throughput`)\n\nMachine: {}. Peak f32 matmul ({}x{}): {:.1} GFLOP/s. Medians of {} repetitions.\n",
+            "\n## Throughput and MFU (`cargo xtask bench throughput`)\n\nMachine: {}. Peak f32 matmul ({}x{}): {:.1} GFLOP/s with the model's product (the backend's own matmul: {:.1}). Medians of {} repetitions.\n",
             report.machine.describe(),
             report.peak_matmul_size,
             report.peak_matmul_size,
             report.peak_matmul_gflops,
+            report.backend_matmul_gflops,
             report.repetitions
         );
         out.push_str("![throughput](../results/throughput.png)\n\n");

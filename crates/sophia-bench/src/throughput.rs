@@ -25,7 +25,7 @@ use crate::machine::Machine;
 pub struct ThroughputEntry {
     /// Model preset.
     pub preset: String,
-    /// The loss and label-sampling kernels (fused where the backend has them, or composed).
+    /// The model's kernels (fused where the backend has them, or composed).
     pub kernels: Kernels,
     /// Model parameters.
     pub parameters: usize,
@@ -86,8 +86,13 @@ pub struct StepProfile {
 pub struct ThroughputReport {
     /// Where it ran.
     pub machine: Machine,
-    /// Peak f32 matmul rate measured on the backend, GFLOP/s.
+    /// Peak f32 matrix-product rate of the model's layers on the backend (the fused product
+    /// where the backend has one), GFLOP/s.
     pub peak_matmul_gflops: f64,
+    /// The same with the backend's own matmul (Burn's composed `linear`), GFLOP/s; 0 in reports
+    /// written before it was measured.
+    #[serde(default)]
+    pub backend_matmul_gflops: f64,
     /// Side of the square matrices of the peak measurement.
     pub peak_matmul_size: usize,
     /// Timed repetitions per figure (after one warm-up).
@@ -108,15 +113,16 @@ fn median(mut times: Vec<f64>) -> f64 {
     times[times.len() / 2]
 }
 
-/// Best rate of an `n × n` by `n × n` f32 matmul on `device` (no autodiff), GFLOP/s.
-pub fn peak_matmul_gflops(device: &Device, n: usize, repetitions: usize) -> f64 {
+/// Best rate of an `n × n` by `n × n` f32 matrix product on `device` (no autodiff) with the
+/// implementation `kernels` asks for (the one the model's layers use), GFLOP/s.
+pub fn peak_matmul_gflops(device: &Device, n: usize, repetitions: usize, kernels: Kernels) -> f64 {
     let device = device.clone().inner();
     let a = Tensor::<2>::random([n, n], Distribution::Normal(0.0, 1.0), &device);
     let b = Tensor::<2>::random([n, n], Distribution::Normal(0.0, 1.0), &device);
     let mut best = f64::INFINITY;
     for round in 0..=repetitions {
         let started = Instant::now();
-        let _ = a.clone().matmul(b.clone()).narrow(0, 0, 1).narrow(1, 0, 1).into_scalar::<f32>();
+        let _ = sophia_gpt2::product::product_with(kernels, a.clone(), b.clone()).narrow(0, 0, 1).narrow(1, 0, 1).into_scalar::<f32>();
         if round > 0 {
             best = best.min(started.elapsed().as_secs_f64());
         }
@@ -131,8 +137,9 @@ pub fn run(presets: &[&str], kernels: &[Kernels], batch: usize, block: usize, re
     v.at_least_one("batch", batch)?;
     v.at_least_one("block", block)?;
     let peak_size = 1024;
-    let peak = peak_matmul_gflops(device, peak_size, repetitions);
-    progress(&format!("peak matmul ({peak_size}³, f32): {peak:.1} GFLOP/s"));
+    let peak = peak_matmul_gflops(device, peak_size, repetitions, Kernels::Fused);
+    let backend_peak = peak_matmul_gflops(device, peak_size, repetitions, Kernels::Composed);
+    progress(&format!("peak matmul ({peak_size}³, f32): {peak:.1} GFLOP/s (the backend's own matmul: {backend_peak:.1})"));
     let mut entries = Vec::new();
     for (&preset, &kernels) in presets.iter().flat_map(|p| kernels.iter().map(move |k| (p, k))) {
         let config = |optimizer: OptimizerKind| TrainConfig { optimizer: optimizer.default_config(), preset: preset.into(), block_size: Some(block), batch_size: batch, kernels, ..TrainConfig::default() };
@@ -200,7 +207,7 @@ pub fn run(presets: &[&str], kernels: &[Kernels], batch: usize, block: usize, re
             minor_faults_per_step: faults / repetitions as f64,
         });
     }
-    Ok(ThroughputReport { machine: Machine::detect(backend), peak_matmul_gflops: peak, peak_matmul_size: peak_size, repetitions, entries })
+    Ok(ThroughputReport { machine: Machine::detect(backend), peak_matmul_gflops: peak, backend_matmul_gflops: backend_peak, peak_matmul_size: peak_size, repetitions, entries })
 }
 
 /// Minor page faults of this process so far (0 where the platform does not say).
@@ -234,7 +241,7 @@ fn profile(model: &Gpt2, optimizer: &mut RunOptimizer, batch: &sophia_train::dat
             logits = Some(out);
         });
         let h = time(&mut || {
-            let _ = model.precision().matmul(hidden.clone(), head.clone().transpose()).narrow(0, 0, 1).narrow(1, 0, 1).into_scalar::<f32>();
+            let _ = model.precision().product(model.kernels(), hidden.clone(), head.clone().transpose()).narrow(0, 0, 1).narrow(1, 0, 1).into_scalar::<f32>();
         });
         // The loss on leaf logits: its forward and backward alone.
         let leaf = logits.take().expect("timed above").detach().require_grad();

@@ -6,6 +6,7 @@ use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Device, Tensor, TensorData};
 
+use crate::Kernels;
 use crate::config::Gpt2Config;
 use crate::init::ParamInit;
 use crate::precision::Precision;
@@ -26,6 +27,8 @@ pub struct CausalSelfAttention {
     qk_norm_epsilon: Option<f64>,
     #[module(skip)]
     pub(crate) precision: Precision,
+    #[module(skip)]
+    pub(crate) kernels: Kernels,
 }
 
 impl CausalSelfAttention {
@@ -42,6 +45,7 @@ impl CausalSelfAttention {
             rope_theta: config.rope.then_some(config.rope_theta),
             qk_norm_epsilon: config.qk_norm.then_some(config.layer_norm_epsilon),
             precision: Precision::F32,
+            kernels: Kernels::default(),
         }
     }
 
@@ -50,7 +54,7 @@ impl CausalSelfAttention {
         let [batch, seq, width] = x.dims();
         let head_dim = width / self.n_head;
         let (h, kv) = (self.n_head, self.n_kv_head);
-        let qkv = self.precision.linear(&self.c_attn, x);
+        let qkv = self.precision.linear(self.kernels, &self.c_attn, x);
         let heads = |start: usize, count: usize| {
             qkv.clone()
                 .narrow(2, start * head_dim, count * head_dim)
@@ -74,7 +78,7 @@ impl CausalSelfAttention {
         let weights = softmax(scores.mask_fill(future, f32::NEG_INFINITY), 3);
         let y = self.precision.matmul(self.attn_dropout.forward(weights), v);
         let y = y.swap_dims(1, 2).reshape([batch, seq, width]);
-        self.resid_dropout.forward(self.precision.linear(&self.c_proj, y))
+        self.resid_dropout.forward(self.precision.linear(self.kernels, &self.c_proj, y))
     }
 }
 

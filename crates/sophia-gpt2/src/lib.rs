@@ -12,7 +12,9 @@
 //! - [`Precision`]: bfloat16 matrix products with f32 weights, gradients and optimizer state.
 //! - [`loss`]: the cross-entropy and the sampled labels, and [`activation`]: the GELU, each
 //!   fused into one parallel pass on the flex CPU backend (feature `flex`), Burn's composed
-//!   operations elsewhere ([`Kernels`]).
+//!   operations elsewhere ([`Kernels`]); [`norm`]: the LayerNorm, likewise; [`product`]: the
+//!   matrix products of the linear layers and the LM head, through the `matrixmultiply` crate's
+//!   kernels on flex.
 //! - [`GenerateOptions`] / [`Gpt2::generate`]: temperature and top-k sampling.
 //!
 //! ```no_run
@@ -47,7 +49,9 @@ mod init;
 pub mod loss;
 pub mod mlp;
 pub mod model;
+pub mod norm;
 pub mod precision;
+pub mod product;
 pub mod weights;
 
 pub use attention::CausalSelfAttention;

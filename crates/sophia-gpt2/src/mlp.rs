@@ -41,8 +41,8 @@ impl Mlp {
 
     /// `[batch, seq, n_embd]` → `[batch, seq, n_embd]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let hidden = self.precision.linear(&self.c_fc, x);
+        let hidden = self.precision.linear(self.kernels, &self.c_fc, x);
         let hidden = if self.relu_squared { relu(hidden).square() } else { gelu_with(self.kernels, hidden) };
-        self.dropout.forward(self.precision.linear(&self.c_proj, hidden))
+        self.dropout.forward(self.precision.linear(self.kernels, &self.c_proj, hidden))
     }
 }

@@ -17,6 +17,7 @@ use crate::init::ParamInit;
 use crate::Kernels;
 use crate::loss::cross_entropy_with;
 use crate::mlp::Mlp;
+use crate::norm::layer_norm_with;
 use crate::precision::Precision;
 
 /// One pre-norm transformer block.
@@ -33,9 +34,10 @@ pub struct Block {
 }
 
 impl Block {
-    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = x.clone() + self.attn.forward(self.ln_1.forward(x));
-        x.clone() + self.mlp.forward(self.ln_2.forward(x))
+    /// The block with its LayerNorms in `kernels`' implementation and their `epsilon`.
+    fn forward(&self, x: Tensor<3>, kernels: Kernels, epsilon: f64) -> Tensor<3> {
+        let x = x.clone() + self.attn.forward(layer_norm_with(kernels, &self.ln_1, epsilon, x));
+        x.clone() + self.mlp.forward(layer_norm_with(kernels, &self.ln_2, epsilon, x))
     }
 }
 
@@ -106,17 +108,19 @@ impl Gpt2 {
         self
     }
 
-    /// The same model computing its loss, sampled labels and activations with `kernels` (see
-    /// [`kernels`](crate::kernels)); the weights are unchanged.
+    /// The same model computing its matrix products, LayerNorms, loss, sampled labels and
+    /// activations with `kernels` (see [`kernels`](crate::kernels)); the weights are unchanged.
     pub fn with_kernels(mut self, kernels: Kernels) -> Self {
         self.kernels = kernels;
         for block in &mut self.h {
+            block.attn.kernels = kernels;
             block.mlp.kernels = kernels;
         }
         self
     }
 
-    /// The implementation of the loss, the sampled labels and the activations.
+    /// The implementation of the matrix products, the LayerNorms, the loss, the sampled labels
+    /// and the activations.
     pub fn kernels(&self) -> Kernels {
         self.kernels
     }
@@ -143,14 +147,14 @@ impl Gpt2 {
         }
         let mut x = self.dropout.forward(x);
         for block in &self.h {
-            x = block.forward(x);
+            x = block.forward(x, self.kernels, self.config.layer_norm_epsilon);
         }
-        let x = self.ln_f.forward(x).reshape([batch * seq, self.config.n_embd]);
+        let x = layer_norm_with(self.kernels, &self.ln_f, self.config.layer_norm_epsilon, x).reshape([batch * seq, self.config.n_embd]);
         let head = match &self.lm_head {
             Some(head) => head.weight.val(),
             None => self.wte.weight.val(),
         };
-        let logits = self.precision.matmul(x, head.transpose()).reshape([batch, seq, self.config.vocab_size]);
+        let logits = self.precision.product(self.kernels, x, head.transpose()).reshape([batch, seq, self.config.vocab_size]);
         Ok(match self.config.logit_softcap {
             Some(cap) => logits.div_scalar(cap).tanh().mul_scalar(cap),
             None => logits,

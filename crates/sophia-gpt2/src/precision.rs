@@ -15,7 +15,9 @@ use burn::tensor::module::linear;
 use burn::tensor::{DType, Device, FloatDType, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::Kernels;
 use crate::error::ModelError;
+use crate::product::product_with;
 
 /// The floating-point format of the model's matrix products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -92,17 +94,25 @@ impl Precision {
         }
     }
 
-    /// `layer(x)`: the product `x · W` in this precision, plus the bias in f32.
-    pub fn linear<const D: usize>(self, layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+    /// `x · weight` (`x` `[..., K]`, `weight` `[K, N]`): in f32 with the implementation `kernels`
+    /// asks for (see [`product`](crate::product)), in bfloat16 with Burn's `linear`.
+    pub fn product<const D: usize>(self, kernels: Kernels, x: Tensor<D>, weight: Tensor<2>) -> Tensor<D> {
         match self.compute_dtype() {
-            None => layer.forward(x),
-            Some(dtype) => {
-                let product = linear(x.cast(dtype), layer.weight.val().cast(dtype), None).cast(FloatDType::F32);
-                match &layer.bias {
-                    Some(bias) => product.add(bias.val().unsqueeze()),
-                    None => product,
-                }
-            }
+            None => product_with(kernels, x, weight),
+            Some(dtype) => linear(x.cast(dtype), weight.cast(dtype), None).cast(FloatDType::F32),
+        }
+    }
+
+    /// `layer(x)`: the product `x · W` in this precision, plus the bias in f32. In f32 with the
+    /// composed kernels this is Burn's `Linear::forward` itself.
+    pub fn linear<const D: usize>(self, kernels: Kernels, layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+        if self == Self::F32 && kernels == Kernels::Composed {
+            return layer.forward(x);
+        }
+        let product = self.product(kernels, x, layer.weight.val());
+        match &layer.bias {
+            Some(bias) => product.add(bias.val().unsqueeze()),
+            None => product,
         }
     }
 }

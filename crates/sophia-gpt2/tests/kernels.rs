@@ -1,13 +1,16 @@
-//! The fused loss, label-sampling and GELU kernels against Burn's composed operations, on random
-//! shapes (odd vocabularies, a single row, non-contiguous and offset views, large values): the
-//! same loss, the same gradient, the same labels from the same uniforms. The GPT-2 golden tests
-//! check both implementations against the reference.
+//! The fused loss, label-sampling, GELU, LayerNorm and matrix-product kernels against Burn's composed
+//! operations or an f64 reference, on random shapes (odd vocabularies and widths, a single row,
+//! non-contiguous and offset views, large values): the same loss, the same gradient, the same
+//! labels from the same uniforms. The GPT-2 golden tests check both implementations against the
+//! reference.
 
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use proptest::prelude::*;
 use sophia_gpt2::Kernels;
 use sophia_gpt2::activation::gelu_with;
 use sophia_gpt2::loss::{cross_entropy_with, sample_labels_with};
+use sophia_gpt2::norm::layer_norm_with;
+use sophia_gpt2::product::product_with;
 
 fn device() -> Device {
     sophia_golden::test_device()
@@ -48,6 +51,66 @@ fn gelu_f64(x: f64) -> (f64, f64) {
     let c = (2.0 / std::f64::consts::PI).sqrt();
     let s = 1.0 / (1.0 + (-2.0 * c * (x + 0.044715 * x * x * x)).exp());
     (x * s, s + x * s * (1.0 - s) * 2.0 * c * (1.0 + 3.0 * 0.044715 * x * x))
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+}
+
+/// `y = x·W`, `∂x` and `∂W` of `Σ g·y` (so `∂y = g`) under `kernels`.
+fn product_and_grads(kernels: Kernels, x: &Tensor<3>, weight: &Tensor<2>, g: &Tensor<3>) -> [Vec<f32>; 3] {
+    let (x, weight) = (x.clone().inner().autodiff().require_grad(), weight.clone().inner().autodiff().require_grad());
+    let y = product_with(kernels, x.clone(), weight.clone());
+    let grads = (y.clone() * g.clone().inner().autodiff()).sum().backward();
+    [values(y), values(x.grad(&grads).expect("a leaf")), values(weight.grad(&grads).expect("a leaf"))]
+}
+
+/// LayerNorm of `x` (scale and shift random) and the gradients of `Σ g·y` with respect to `x`,
+/// `γ` and `β`, under `kernels`.
+fn layer_norm_and_grads(kernels: Kernels, x: &Tensor<3>, g: &Tensor<3>, seed: u64) -> [Vec<f32>; 4] {
+    let width = x.dims()[2];
+    let device = x.device().autodiff();
+    device.seed(seed);
+    let mut layer = burn::nn::LayerNormConfig::new(width).with_epsilon(1e-5).init(&device);
+    layer.gamma = burn::module::Param::from_tensor(Tensor::<1>::random([width], Distribution::Normal(1.0, 0.5), &device));
+    layer.beta = Some(burn::module::Param::from_tensor(Tensor::<1>::random([width], Distribution::Normal(0.0, 0.5), &device)));
+    let x = x.clone().inner().autodiff().require_grad();
+    let y = layer_norm_with(kernels, &layer, 1e-5, x.clone());
+    let grads = (y.clone() * g.clone().inner().autodiff()).sum().backward();
+    let beta = layer.beta.as_ref().expect("set above").val();
+    [values(y), values(x.grad(&grads).expect("a leaf")), values(layer.gamma.val().grad(&grads).expect("a parameter")), values(beta.grad(&grads).expect("a parameter"))]
+}
+
+/// A `[k, n]` weight laid out as `layout` says: 0 row-major, 1 the transposed view of an
+/// `[n, k]` matrix (as the tied LM head's `wteᵀ`), 2 a view past the start of its storage.
+fn weight_laid_out(layout: u8, [k, n]: [usize; 2], device: &Device) -> Tensor<2> {
+    match layout {
+        0 => Tensor::<2>::random([k, n], Distribution::Normal(0.0, 1.0), device),
+        1 => Tensor::<2>::random([n, k], Distribution::Normal(0.0, 1.0), device).transpose(),
+        _ => Tensor::<2>::random([k + 2, n], Distribution::Normal(0.0, 1.0), device).narrow(0, 2, k),
+    }
+}
+
+/// `Σ_j a[i, j]·b[j, l]` in f64 for row-major `a` `[m, inner]` and `b` `[inner, n]`, and the
+/// sum of the terms' magnitudes (what an f32 sum's rounding error is proportional to).
+fn reference_product(a: &[f32], b: &[f32], m: usize, inner: usize, n: usize) -> Vec<(f64, f64)> {
+    let mut out = vec![(0.0, 0.0); m * n];
+    for i in 0..m {
+        for j in 0..inner {
+            let a = a[i * inner + j] as f64;
+            for l in 0..n {
+                let term = a * b[j * n + l] as f64;
+                out[i * n + l].0 += term;
+                out[i * n + l].1 += term.abs();
+            }
+        }
+    }
+    out
+}
+
+/// `[cols, rows]` of a row-major `[rows, cols]` matrix.
+fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    (0..cols * rows).map(|i| a[(i % rows) * cols + i / rows]).collect()
 }
 
 fn close(a: f32, b: f32, rtol: f32, atol: f32) -> bool {
@@ -102,6 +165,51 @@ proptest! {
     }
 
     #[test]
+    fn both_products_and_their_gradients_match_an_f64_reference(batch in 1usize..4, seq in 1usize..40, k in 1usize..160, n in 1usize..160, seed in 0u64..1000, x_layout in 0u8..3, w_layout in 0u8..3) {
+        let device = device();
+        device.seed(seed);
+        let x = laid_out(x_layout, [batch, seq, k], 1.0, &device);
+        let weight = weight_laid_out(w_layout, [k, n], &device);
+        let g = Tensor::<3>::random([batch, seq, n], Distribution::Normal(0.0, 1.0), &device);
+        let rows = batch * seq;
+        let (xv, wv, gv) = (values(x.clone()), values(weight.clone()), values(g.clone()));
+        let want = [
+            reference_product(&xv, &wv, rows, k, n),
+            reference_product(&gv, &transpose(&wv, k, n), rows, n, k),
+            reference_product(&transpose(&xv, rows, k), &gv, k, rows, n),
+        ];
+        for kernels in [Kernels::Fused, Kernels::Composed] {
+            let got = product_and_grads(kernels, &x, &weight, &g);
+            for (what, (got, want)) in ["y", "∂x", "∂W"].iter().zip(got.iter().zip(&want)) {
+                prop_assert_eq!(got.len(), want.len());
+                for (i, (&got, &(exact, magnitude))) in got.iter().zip(want).enumerate() {
+                    // A sum of `inner` f32 products errs by at most about inner·u·Σ|terms|.
+                    let inner = (magnitude.max(1e-30) as f32) * 6e-8 * (k.max(n).max(rows) as f32);
+                    prop_assert!((got - exact as f32).abs() <= inner + 1e-30, "{kernels:?} {what}[{i}] = {got}, exact {exact}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fused_layer_norm_equals_the_composed_one(batch in 1usize..4, seq in 1usize..70, width in 1usize..300, scale in prop_oneof![Just(1.0f64), Just(20.0f64)], seed in 0u64..1000, layout in 0u8..3) {
+        let device = device();
+        device.seed(seed);
+        let x = laid_out(layout, [batch, seq, width], scale, &device);
+        let g = Tensor::<3>::random([batch, seq, width], Distribution::Normal(0.0, 1.0), &device);
+        let fused = layer_norm_and_grads(Kernels::Fused, &x, &g, seed);
+        let composed = layer_norm_and_grads(Kernels::Composed, &x, &g, seed);
+        let rows = (batch * seq) as f32;
+        // y and ∂x are O(1) per element (times γ); ∂γ and ∂β sum over the rows.
+        for (what, (f, c), atol) in [("y", 1e-5), ("∂x", 2e-4 / scale as f32), ("∂γ", 1e-4 * rows.sqrt()), ("∂β", 1e-5 * rows)].iter().zip(fused.iter().zip(&composed)).map(|((w, a), fc)| (w, fc, *a)) {
+            prop_assert_eq!(f.len(), c.len());
+            for (i, (&f, &c)) in f.iter().zip(c).enumerate() {
+                prop_assert!(close(f, c, 1e-4, atol), "{what}[{i}]: fused {f} vs composed {c}");
+            }
+        }
+    }
+
+    #[test]
     fn fused_labels_equal_the_composed_ones(rows in 1usize..64, vocab in 1usize..200, seed in 0u64..1000) {
         let device = device();
         device.seed(seed);
@@ -148,6 +256,42 @@ fn gelu_where_it_saturates() {
         let (value, slope) = gelu_f64(x);
         assert!(close(fused[i], value as f32, 1e-6, 1e-30), "gelu({x}) = {} (exact {value})", fused[i]);
         assert!(close(fused_grad[i], slope as f32, 1e-6, 1e-30), "gelu'({x}) = {} (exact {slope})", fused_grad[i]);
+    }
+}
+
+/// The fused product splits its output's rows over the threads; every element is summed in the
+/// same order whatever the split, so one, two or three threads give the same bits.
+#[test]
+fn the_fused_product_does_not_depend_on_the_number_of_threads() {
+    let device = device();
+    device.seed(7);
+    let x = laid_out(0, [4, 37, 96], 1.0, &device);
+    let weight = weight_laid_out(1, [96, 131], &device);
+    let g = Tensor::<3>::random([4, 37, 131], Distribution::Normal(0.0, 1.0), &device);
+    let on = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| product_and_grads(Kernels::Fused, &x, &weight, &g))
+    };
+    let one = on(1);
+    for threads in [2, 3] {
+        assert!(one == on(threads), "{threads} threads changed the product or its gradients");
+    }
+}
+
+/// Likewise the fused LayerNorm, whose `∂γ` and `∂β` sum over blocks of rows.
+#[test]
+fn the_fused_layer_norm_does_not_depend_on_the_number_of_threads() {
+    let device = device();
+    device.seed(8);
+    let x = laid_out(0, [5, 61, 96], 3.0, &device);
+    let g = Tensor::<3>::random([5, 61, 96], Distribution::Normal(0.0, 1.0), &device);
+    let on = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| layer_norm_and_grads(Kernels::Fused, &x, &g, 3))
+    };
+    let one = on(1);
+    for threads in [2, 3] {
+        assert!(one == on(threads), "{threads} threads changed the LayerNorm or its gradients");
     }
 }
 

@@ -5,7 +5,11 @@
 //!
 //! - [`cross_entropy`]: the loss over the vocabulary and the sampled labels of SophiaG's
 //!   refresh (see [`loss`](crate::loss));
-//! - [`gelu`]: GPT-2's tanh-approximated GELU (see [`activation`](crate::activation)).
+//! - [`gelu`]: GPT-2's tanh-approximated GELU (see [`activation`](crate::activation));
+//! - [`layer_norm`]: LayerNorm with its scale and shift, forward and backward (see
+//!   [`norm`](crate::norm));
+//! - [`product`]: the products of the linear layers and the LM head, forward and backward (see
+//!   [`product`](crate::product)).
 //!
 //! Every kernel falls back to Burn's composed operations for tensors it does not serve (another
 //! backend, another dtype, autodiff with gradient checkpointing).
@@ -15,6 +19,8 @@
 
 pub(crate) mod cross_entropy;
 pub(crate) mod gelu;
+pub(crate) mod layer_norm;
+pub(crate) mod product;
 
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::{Autodiff, Flex, TensorMetadata, flex::FlexTensor};

@@ -504,8 +504,9 @@ pub struct TrainConfig {
     /// Precision of the model's matrix products (`bf16`: mixed precision with f32 weights,
     /// gradients and optimizer state; see `sophia_gpt2::precision`).
     pub precision: Precision,
-    /// `fused`: the one-pass kernels of the flex CPU backend for the loss, the sampled labels,
-    /// the GELU and the Sophia and Tiger updates (other backends run the composed operations);
+    /// `fused`: the kernels of the flex CPU backend for the matrix products of the linear layers
+    /// and the LM head, the loss, the sampled labels, the GELU and the one-pass optimizer updates
+    /// (other backends run the composed operations);
     /// `composed`: Burn's tensor operations everywhere (the reference they are tested against).
     pub kernels: Kernels,
     /// Model preset (see `sophia_gpt2::PRESETS`), used when `model` is not given.
