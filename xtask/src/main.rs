@@ -61,14 +61,16 @@ fn main() -> anyhow::Result<()> {
     ignore_file_size_signal();
     keep_freed_memory();
     sophia_train::flush_denormals().context("could not configure rayon's thread pool to flush subnormal floats")?;
-    match Cli::parse().command {
+    let command = Cli::parse().command;
+    // The whole command on the pool's threads (see `sophia_backend::on_pool`).
+    sophia_train::on_pool(move || match command {
         Commands::Test(args) => test::run(args),
         Commands::Train(args) => train::run(*args),
         Commands::Sample(args) => sample::run(args),
         Commands::Sweep(args) => sweep::run(*args),
         Commands::Bench(args) => bench::run(args),
         Commands::CheckCuda(args) => cuda::run(args),
-    }
+    })
 }
 
 /// The workspace root (the parent of this crate's directory).

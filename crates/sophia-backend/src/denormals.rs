@@ -19,13 +19,15 @@
 /// and gemm run their parallel work): x86-64's MXCSR bits FTZ and DAZ, aarch64's FPCR.FZ.
 /// A no-op on other architectures.
 ///
-/// Call it before anything uses rayon: the global pool is configured when it is first built.
+/// Call it before anything uses rayon: the global pool is configured when it is first built
+/// (with threads that have a main thread's stack, so that [`on_pool`](crate::on_pool) can move
+/// an application's work there).
 ///
 /// # Errors
 /// When rayon's global pool was built before (by an earlier call or by other code).
 pub fn flush_denormals() -> Result<(), rayon::ThreadPoolBuildError> {
     flush_denormals_on_this_thread();
-    rayon::ThreadPoolBuilder::new().start_handler(|_| flush_denormals_on_this_thread()).build_global()
+    rayon::ThreadPoolBuilder::new().stack_size(crate::pool::STACK_BYTES).start_handler(|_| flush_denormals_on_this_thread()).build_global()
 }
 
 /// Set flush-to-zero and denormals-are-zero on the calling thread only.

@@ -9,7 +9,9 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 mod denormals;
+mod pool;
 pub use denormals::{flush_denormals, flush_denormals_on_this_thread};
+pub use pool::on_pool;
 
 /// A Burn backend, by the name users pass to `--backend`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

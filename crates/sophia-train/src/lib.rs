@@ -20,4 +20,4 @@ pub mod table;
 pub mod train;
 
 pub use error::{SettingError, TrainError};
-pub use sophia_backend::{Backend, BackendError, flush_denormals};
+pub use sophia_backend::{Backend, BackendError, flush_denormals, on_pool};
