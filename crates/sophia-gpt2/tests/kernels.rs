@@ -268,14 +268,7 @@ fn the_fused_product_does_not_depend_on_the_number_of_threads() {
     let x = laid_out(0, [4, 37, 96], 1.0, &device);
     let weight = weight_laid_out(1, [96, 131], &device);
     let g = Tensor::<3>::random([4, 37, 131], Distribution::Normal(0.0, 1.0), &device);
-    let on = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-        pool.install(|| product_and_grads(Kernels::Fused, &x, &weight, &g))
-    };
-    let one = on(1);
-    for threads in [2, 3] {
-        assert!(one == on(threads), "{threads} threads changed the product or its gradients");
-    }
+    assert_same_on_one_two_and_three_threads("the product or its gradients", || product_and_grads(Kernels::Fused, &x, &weight, &g));
 }
 
 /// Likewise the fused LayerNorm, whose `∂γ` and `∂β` sum over blocks of rows.
@@ -285,13 +278,15 @@ fn the_fused_layer_norm_does_not_depend_on_the_number_of_threads() {
     device.seed(8);
     let x = laid_out(0, [5, 61, 96], 3.0, &device);
     let g = Tensor::<3>::random([5, 61, 96], Distribution::Normal(0.0, 1.0), &device);
-    let on = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-        pool.install(|| layer_norm_and_grads(Kernels::Fused, &x, &g, 3))
-    };
+    assert_same_on_one_two_and_three_threads("the LayerNorm or its gradients", || layer_norm_and_grads(Kernels::Fused, &x, &g, 3));
+}
+
+/// `run` gives the same result in rayon pools of two and three threads as in one of one thread.
+fn assert_same_on_one_two_and_three_threads<T: PartialEq + Send>(what: &str, run: impl Fn() -> T + Sync) {
+    let on = |threads: usize| rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(&run);
     let one = on(1);
     for threads in [2, 3] {
-        assert!(one == on(threads), "{threads} threads changed the LayerNorm or its gradients");
+        assert!(one == on(threads), "{threads} threads changed {what}");
     }
 }
 
