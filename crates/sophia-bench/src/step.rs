@@ -92,15 +92,18 @@ pub fn run(presets: &[&str], repetitions: usize, device: &Device, backend: &str,
             let settings = TrainConfig { optimizer, kernels, ..TrainConfig::default() };
             let optimizer = RunOptimizer::new(&settings, &model, tokens_per_step)?;
             let name = if kernels == Kernels::Composed { format!("{kind} (composed)") } else { kind.to_string() };
-            runs.push((name, optimizer, model.clone(), Vec::new()));
+            runs.push((name, optimizer, Some(model.clone()), Vec::new()));
         }
         // A SophiaH schedule refreshes before its first update (a warm-up round, not timed).
         let mut estimator = crate::loss_gradient_estimator(device);
         for round in 0..repetitions + 2 {
-            for (name, stepper, model, times) in runs.iter_mut() {
-                let grads = crate::grads_clone(&grads, model);
+            for (name, stepper, slot, times) in runs.iter_mut() {
+                // The model moves into the step, as in training: nothing else holds its
+                // parameters, so the one-pass updates write them in place.
+                let model = slot.take().expect("put back after every step");
+                let grads = crate::grads_clone(&grads, &model);
                 let started = Instant::now();
-                *model = stepper.step(1e-4, model.clone(), grads, Some(&mut estimator))?;
+                let model = slot.insert(stepper.step(1e-4, model, grads, Some(&mut estimator))?);
                 crate::sync(model);
                 if round >= 2 {
                     times.push(started.elapsed().as_secs_f64());

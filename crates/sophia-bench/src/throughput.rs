@@ -69,11 +69,21 @@ pub struct StepProfile {
     /// Forward pass of the blocks (embedding, attention, MLP, final LayerNorm): the forward
     /// pass minus the LM head.
     pub blocks_forward_secs: f64,
-    /// The LM head's matrix product `[tokens, C] × [C, vocab]` alone.
+    /// The LM head and the loss as a training step computes them (`Gpt2::loss`, through
+    /// `linear_cross_entropy_with`; with the fused kernels one operation that never holds the
+    /// logits), forward alone; 0 in reports written before it was measured.
+    #[serde(default)]
+    pub head_loss_forward_secs: f64,
+    /// Its backward alone (from the loss to the hidden states and the head's weight).
+    #[serde(default)]
+    pub head_loss_backward_secs: f64,
+    /// The LM head's matrix product `[tokens, C] × [C, vocab]` alone, the logits materialised
+    /// (the path of the refresh, evaluation with a soft-cap, and generation).
     pub head_secs: f64,
-    /// Cross-entropy forward (log-softmax over the vocabulary and the gather).
+    /// Cross-entropy forward on materialised logits (log-softmax over the vocabulary and the
+    /// gather).
     pub loss_forward_secs: f64,
-    /// Cross-entropy backward alone (from the loss to the logits).
+    /// Cross-entropy backward on materialised logits alone (from the loss to the logits).
     pub loss_backward_secs: f64,
     /// The whole backward pass (loss to every parameter).
     pub backward_secs: f64,
@@ -226,7 +236,10 @@ fn profile(model: &Gpt2, optimizer: &mut RunOptimizer, batch: &sophia_train::dat
     let hidden = Tensor::<2>::random([tokens, config.n_embd], Distribution::Normal(0.0, 1.0), &inner);
     let head = model.wte.weight.val().inner();
     let read = |t: Tensor<1>| t.into_scalar::<f64>();
+    let hidden_leaf = hidden.clone().autodiff().require_grad();
+    let flat_targets = targets.clone().reshape([tokens]);
     let (mut forward, mut head_t, mut loss_f, mut loss_b, mut backward, mut update) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut head_loss_f, mut head_loss_b) = (vec![], vec![]);
     let mut model = model.clone();
     for round in 0..=repetitions {
         let time = |f: &mut dyn FnMut()| {
@@ -255,6 +268,17 @@ fn profile(model: &Gpt2, optimizer: &mut RunOptimizer, batch: &sophia_train::dat
             let grads = loss.take().expect("timed above").backward();
             let _ = leaf.grad(&grads).map(|g| g.narrow(0, 0, 1).narrow(1, 0, 1).narrow(2, 0, 1).into_scalar::<f32>());
         });
+        // The LM head and the loss as the training step runs them, on leaf hidden states.
+        let mut head_loss = None;
+        let hlf = time(&mut || {
+            let value = sophia_gpt2::loss::linear_cross_entropy_with(model.kernels(), hidden_leaf.clone(), model.wte.weight.val(), flat_targets.clone());
+            let _ = read(value.clone());
+            head_loss = Some(value);
+        });
+        let hlb = time(&mut || {
+            let grads = head_loss.take().expect("timed above").backward();
+            let _ = hidden_leaf.grad(&grads).map(|g| g.narrow(0, 0, 1).narrow(1, 0, 1).into_scalar::<f32>());
+        });
         // The whole backward, then clipping and the update.
         let full = model.loss(inputs.clone(), targets.clone())?;
         let _ = read(full.clone());
@@ -274,6 +298,8 @@ fn profile(model: &Gpt2, optimizer: &mut RunOptimizer, batch: &sophia_train::dat
             head_t.push(h);
             loss_f.push(lf);
             loss_b.push(lb);
+            head_loss_f.push(hlf);
+            head_loss_b.push(hlb);
             backward.push(b);
             update.push(u);
         }
@@ -282,6 +308,8 @@ fn profile(model: &Gpt2, optimizer: &mut RunOptimizer, batch: &sophia_train::dat
     let head_secs = median(head_t);
     Ok(StepProfile {
         blocks_forward_secs: (forward - head_secs).max(0.0),
+        head_loss_forward_secs: median(head_loss_f),
+        head_loss_backward_secs: median(head_loss_b),
         head_secs,
         loss_forward_secs: median(loss_f),
         loss_backward_secs: median(loss_b),

@@ -77,8 +77,7 @@ impl SampledLabelHessian {
 
     /// `ĝ` for fixed labels (the golden tests check this against the reference).
     pub fn gradients_for_labels(model: &Gpt2, inputs: Tensor<2, Int>, labels: Tensor<2, Int>) -> Result<GradientsParams, ModelError> {
-        let loss = cross_entropy_with(model.kernels(), model.forward(inputs)?, labels);
-        Ok(GradientsParams::from_grads(loss.backward(), model))
+        Ok(GradientsParams::from_grads(model.loss(inputs, labels)?.backward(), model))
     }
 }
 

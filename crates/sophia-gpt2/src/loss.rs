@@ -7,6 +7,9 @@
 //! sampled label:  y_i = min { j : Σ_{k ≤ j} softmax(x_i)_k > u_i },  u_i ~ Uniform(0, 1)
 //! ```
 //!
+//! In a training step the loss is [`linear_cross_entropy_with`]: the LM head's product and the
+//! cross-entropy together, so the fused path never materialises the logits.
+//!
 //! Two implementations of each, chosen by [`Kernels`](crate::Kernels):
 //!
 //! - **composed** (every backend): Burn's tensor operations (`log_softmax`, `gather`,
@@ -24,6 +27,7 @@ use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::{Int, Tensor};
 
 use crate::kernels::Kernels;
+use crate::product::product_with;
 
 /// Mean cross-entropy of `logits` `[batch, seq, vocab]` against integer `targets`
 /// `[batch, seq]`, with the fused kernel where the device has one.
@@ -40,6 +44,23 @@ pub fn cross_entropy_with(kernels: Kernels, logits: Tensor<3>, targets: Tensor<2
     }
     let _ = kernels;
     log_softmax(logits, 2).gather(2, targets.unsqueeze_dim::<3>(2)).mean().neg()
+}
+
+/// Mean cross-entropy of the logits `x · weightᵀ` (`x` `[rows, C]`, the LM head's `weight`
+/// `[vocab, C]`) against `targets` `[rows]`: the LM head and the loss of a training step.
+///
+/// Fused (flex), the product and the loss are one kernel over chunks of the vocabulary that
+/// never holds the `[rows × vocab]` logits (see `fused::linear_cross_entropy`); composed (and
+/// fused on other backends), the head's [`product_with`] and [`cross_entropy_with`].
+pub fn linear_cross_entropy_with(kernels: Kernels, x: Tensor<2>, weight: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
+    #[cfg(feature = "flex")]
+    if kernels == Kernels::Fused && crate::fused::applies(&x) && crate::fused::applies(&weight) {
+        if let Some(loss) = crate::fused::linear_cross_entropy::linear_cross_entropy(x.clone(), weight.clone(), targets.clone()) {
+            return loss;
+        }
+    }
+    let logits = product_with(kernels, x, weight.transpose());
+    cross_entropy_with(kernels, logits.unsqueeze::<3>(), targets.unsqueeze::<2>())
 }
 
 /// Labels `[batch, seq]` drawn from `softmax(logits)` (`[batch, seq, vocab]`, not

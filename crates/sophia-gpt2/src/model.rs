@@ -15,7 +15,7 @@ use crate::config::Gpt2Config;
 use crate::error::ModelError;
 use crate::init::ParamInit;
 use crate::Kernels;
-use crate::loss::cross_entropy_with;
+use crate::loss::{cross_entropy_with, linear_cross_entropy_with};
 use crate::mlp::Mlp;
 use crate::norm::layer_norm_with;
 use crate::precision::Precision;
@@ -138,6 +138,30 @@ impl Gpt2 {
     /// Logits `[batch, seq, vocab_size]` for token ids `[batch, seq]`.
     pub fn forward(&self, ids: Tensor<2, Int>) -> Result<Tensor<3>, ModelError> {
         let [batch, seq] = ids.dims();
+        let x = self.hidden(ids)?;
+        let logits = self.precision.product(self.kernels, x, self.head().transpose()).reshape([batch, seq, self.config.vocab_size]);
+        Ok(match self.config.logit_softcap {
+            Some(cap) => logits.div_scalar(cap).tanh().mul_scalar(cap),
+            None => logits,
+        })
+    }
+
+    /// Mean cross-entropy of the next-token prediction: `forward(ids)` against `targets`.
+    ///
+    /// In f32 without a logit soft-cap the LM head and the loss are one operation
+    /// ([`linear_cross_entropy_with`]): with the fused kernels the `[batch × seq × vocab]`
+    /// logits are never materialised.
+    pub fn loss(&self, ids: Tensor<2, Int>, targets: Tensor<2, Int>) -> Result<Tensor<1>, ModelError> {
+        if self.precision == Precision::F32 && self.config.logit_softcap.is_none() {
+            let [batch, seq] = targets.dims();
+            return Ok(linear_cross_entropy_with(self.kernels, self.hidden(ids)?, self.head(), targets.reshape([batch * seq])));
+        }
+        Ok(cross_entropy_with(self.kernels, self.forward(ids)?, targets))
+    }
+
+    /// The final LayerNorm's output `[batch × seq, n_embd]` for token ids `[batch, seq]`.
+    fn hidden(&self, ids: Tensor<2, Int>) -> Result<Tensor<2>, ModelError> {
+        let [batch, seq] = ids.dims();
         if seq > self.config.block_size {
             return Err(ModelError::SequenceTooLong { len: seq, block_size: self.config.block_size });
         }
@@ -149,21 +173,15 @@ impl Gpt2 {
         for block in &self.h {
             x = block.forward(x, self.kernels, self.config.layer_norm_epsilon);
         }
-        let x = layer_norm_with(self.kernels, &self.ln_f, self.config.layer_norm_epsilon, x).reshape([batch * seq, self.config.n_embd]);
-        let head = match &self.lm_head {
-            Some(head) => head.weight.val(),
-            None => self.wte.weight.val(),
-        };
-        let logits = self.precision.product(self.kernels, x, head.transpose()).reshape([batch, seq, self.config.vocab_size]);
-        Ok(match self.config.logit_softcap {
-            Some(cap) => logits.div_scalar(cap).tanh().mul_scalar(cap),
-            None => logits,
-        })
+        Ok(layer_norm_with(self.kernels, &self.ln_f, self.config.layer_norm_epsilon, x).reshape([batch * seq, self.config.n_embd]))
     }
 
-    /// Mean cross-entropy of the next-token prediction: `forward(ids)` against `targets`.
-    pub fn loss(&self, ids: Tensor<2, Int>, targets: Tensor<2, Int>) -> Result<Tensor<1>, ModelError> {
-        Ok(cross_entropy_with(self.kernels, self.forward(ids)?, targets))
+    /// The LM head's weight `[vocab_size, n_embd]`: `lm_head` when untied, else `wte`.
+    fn head(&self) -> Tensor<2> {
+        match &self.lm_head {
+            Some(head) => head.weight.val(),
+            None => self.wte.weight.val(),
+        }
     }
 
     /// Number of parameters (the tied head counted once).

@@ -91,10 +91,19 @@ fn logits_loss_and_gradients(kernels: Kernels) {
     assert_eq!(logits.dims().to_vec(), expected.logits.shape);
     LOGITS.assert_close("logits", &logits.clone().into_data().try_to_vec::<f32>().unwrap(), &expected.logits.data);
 
-    let loss = sophia_gpt2::loss::cross_entropy_with(kernels, logits, ids(&expected.targets, &device));
-    LOSS.assert_scalar(&format!("loss ({kernels:?})"), loss.clone().into_scalar::<f64>(), expected.loss);
-    let grads = GradientsParams::from_grads(loss.backward(), &model);
-    check_grads(&format!("loss ({kernels:?})"), &model, &grads, &expected.grads, &expected.param_order);
+    // The loss of the materialised logits (the refresh's path) and the model's own loss, whose
+    // LM head and cross-entropy are one operation (the training step's path).
+    let targets = ids(&expected.targets, &device);
+    let losses = [
+        ("cross_entropy_with", sophia_gpt2::loss::cross_entropy_with(kernels, logits, targets.clone())),
+        ("Gpt2::loss", model.loss(ids(&expected.input_ids, &device), targets).unwrap()),
+    ];
+    for (path, loss) in losses {
+        let what = format!("loss ({kernels:?}, {path})");
+        LOSS.assert_scalar(&what, loss.clone().into_scalar::<f64>(), expected.loss);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        check_grads(&what, &model, &grads, &expected.grads, &expected.param_order);
+    }
 }
 
 #[test]

@@ -50,13 +50,48 @@ pub(crate) fn decay_factor(lr: f64, weight_decay: f64) -> Option<f32> {
     (decay != 1.0).then_some(decay as f32)
 }
 
-/// `θ · (1 − η λ)`, or `θ` when there is no decay.
-#[inline(always)]
-fn decayed(theta: f32, decay: Option<f32>) -> f32 {
-    match decay {
-        Some(decay) => theta * decay,
-        None => theta,
+/// The weight decay of an update, `θ ↦ θ · (1 − η λ)` or none, as a type, so that each loop
+/// is compiled for one case without a branch per element (which keeps it from vectorising).
+trait Decay: Copy + Send + Sync {
+    fn apply(self, theta: f32) -> f32;
+}
+
+/// `θ ↦ θ`.
+#[derive(Clone, Copy)]
+struct NoDecay;
+
+impl Decay for NoDecay {
+    #[inline(always)]
+    fn apply(self, theta: f32) -> f32 {
+        theta
     }
+}
+
+/// `θ ↦ θ · factor`.
+#[derive(Clone, Copy)]
+struct DecayBy(f32);
+
+impl Decay for DecayBy {
+    #[inline(always)]
+    fn apply(self, theta: f32) -> f32 {
+        theta * self.0
+    }
+}
+
+/// `$body` with `$decay` bound to the [`Decay`] of the factor `$factor` (`Option<f32>`).
+macro_rules! with_decay {
+    ($factor:expr, |$decay:ident| $body:expr) => {
+        match $factor {
+            Some(factor) => {
+                let $decay = DecayBy(factor);
+                $body
+            }
+            None => {
+                let $decay = NoDecay;
+                $body
+            }
+        }
+    };
 }
 
 /// Burn's `sign`: ±1, and 0 for 0 and NaN.
@@ -134,15 +169,27 @@ pub(crate) fn sophia_update<const D: usize>(update: &SophiaUpdate, tensor: Tenso
     (Tensor::from_primitive::<Flex>(theta), Tensor::from_primitive::<Flex>(momentum), not_clipped)
 }
 
+/// One chunk of [`sophia_update`], its loop compiled for the preconditioner and the decay (here,
+/// as [`adamw_chunk`]).
 fn sophia_chunk(u: &SophiaUpdate, theta: &mut [f32], m: &mut [f32], g: &[f32], h: &[f32]) -> u64 {
-    let mut not_clipped = 0;
+    match u.preconditioner {
+        Preconditioner::Scaled { scale, epsilon } => with_decay!(u.decay, |decay| sophia_loop(u, decay, |h| h * scale + epsilon, theta, m, g, h)),
+        floored @ Preconditioner::Floored { .. } => with_decay!(u.decay, |decay| sophia_loop(u, decay, |h| floored.of(h), theta, m, g, h)),
+    }
+}
+
+#[inline(always)]
+fn sophia_loop(u: &SophiaUpdate, decay: impl Decay, precondition: impl Fn(f32) -> f32, theta: &mut [f32], m: &mut [f32], g: &[f32], h: &[f32]) -> u64 {
+    // Counted in 32 bits (a chunk is far below 2³² elements) with wrapping addition: no
+    // overflow check in the way of vectorisation.
+    let mut not_clipped = 0u32;
     for (((theta, m), &g), &h) in theta.iter_mut().zip(m.iter_mut()).zip(g).zip(h) {
         *m = *m * u.beta_1 + g * u.one_minus_beta_1;
-        let ratio = (*m / u.preconditioner.of(h)).clamp(-1.0, 1.0);
-        not_clipped += u64::from(ratio.abs() < 1.0);
-        *theta = decayed(*theta, u.decay) - ratio * u.lr;
+        let ratio = (*m / precondition(h)).clamp(-1.0, 1.0);
+        not_clipped = not_clipped.wrapping_add(u32::from(ratio.abs() < 1.0));
+        *theta = decay.apply(*theta) - ratio * u.lr;
     }
-    not_clipped
+    u64::from(not_clipped)
 }
 
 /// The constants of one AdamW update, in f32.
@@ -185,15 +232,25 @@ pub(crate) fn adamw_update<const D: usize>(update: &AdamWUpdate, tensor: Tensor<
         .par_chunks_mut(CHUNK)
         .zip(m_elements.par_chunks_mut(CHUNK))
         .zip(v_elements.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)))
-        .for_each(|((theta, m), (v, g))| {
-            for (((theta, m), v), &g) in theta.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
-                *m = *m * u.beta_1 + g * u.one_minus_beta_1;
-                *v = *v * u.beta_2 + (g * g) * u.one_minus_beta_2;
-                let delta = (*m / u.bias_correction_1) / ((*v / u.bias_correction_2).sqrt() + u.epsilon);
-                *theta = decayed(*theta, u.decay) - delta * u.lr;
-            }
-        });
+        .for_each(|((theta, m), (v, g))| adamw_chunk(u, theta, m, v, g));
     (Tensor::from_primitive::<Flex>(theta), Tensor::from_primitive::<Flex>(moment_1), Tensor::from_primitive::<Flex>(moment_2))
+}
+
+/// One chunk of [`adamw_update`], its loop compiled for the decay. (Not generic and not
+/// `#[inline]`: compiled here, at this crate's optimisation level, where the loop vectorises,
+/// rather than in the crate that instantiates the generic update.)
+fn adamw_chunk(u: &AdamWUpdate, theta: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
+    with_decay!(u.decay, |decay| adamw_loop(u, decay, theta, m, v, g))
+}
+
+#[inline(always)]
+fn adamw_loop(u: &AdamWUpdate, decay: impl Decay, theta: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
+    for (((theta, m), v), &g) in theta.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+        *m = *m * u.beta_1 + g * u.one_minus_beta_1;
+        *v = *v * u.beta_2 + (g * g) * u.one_minus_beta_2;
+        let delta = (*m / u.bias_correction_1) / ((*v / u.bias_correction_2).sqrt() + u.epsilon);
+        *theta = decay.apply(*theta) - delta * u.lr;
+    }
 }
 
 /// The constants of one Lion update, in f32 (Tiger's with `β₁ = β₂ = β`).
@@ -223,12 +280,24 @@ pub(crate) fn lion_update<const D: usize>(update: &LionUpdate, tensor: Tensor<D>
     let theta_elements = elements_mut(&mut theta);
     let momentum_elements = elements_mut(&mut momentum);
     let u = update;
-    theta_elements.par_chunks_mut(CHUNK).zip(momentum_elements.par_chunks_mut(CHUNK)).zip(g.par_chunks(CHUNK)).for_each(|((theta, m), g)| {
-        for ((theta, m), &g) in theta.iter_mut().zip(m.iter_mut()).zip(g) {
-            let direction = sign(*m * u.beta_1 + g * u.one_minus_beta_1);
-            *m = *m * u.beta_2 + g * u.one_minus_beta_2;
-            *theta = decayed(*theta, u.decay) - direction * u.lr;
-        }
-    });
+    theta_elements
+        .par_chunks_mut(CHUNK)
+        .zip(momentum_elements.par_chunks_mut(CHUNK))
+        .zip(g.par_chunks(CHUNK))
+        .for_each(|((theta, m), g)| lion_chunk(u, theta, m, g));
     (Tensor::from_primitive::<Flex>(theta), Tensor::from_primitive::<Flex>(momentum))
+}
+
+/// One chunk of [`lion_update`], its loop compiled for the decay (here, as [`adamw_chunk`]).
+fn lion_chunk(u: &LionUpdate, theta: &mut [f32], m: &mut [f32], g: &[f32]) {
+    with_decay!(u.decay, |decay| lion_loop(u, decay, theta, m, g))
+}
+
+#[inline(always)]
+fn lion_loop(u: &LionUpdate, decay: impl Decay, theta: &mut [f32], m: &mut [f32], g: &[f32]) {
+    for ((theta, m), &g) in theta.iter_mut().zip(m.iter_mut()).zip(g) {
+        let direction = sign(*m * u.beta_1 + g * u.one_minus_beta_1);
+        *m = *m * u.beta_2 + g * u.one_minus_beta_2;
+        *theta = decay.apply(*theta) - direction * u.lr;
+    }
 }

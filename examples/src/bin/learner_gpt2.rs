@@ -35,11 +35,11 @@ use burn::data::dataset::transform::PartialDataset;
 use burn::module::Module;
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
 use burn::optim::{GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, Int, Tensor, TensorData, TensorReadError};
+use burn::tensor::{Device, ExecutionError, Int, Tensor, TensorData, TensorReadError};
 use burn::train::metric::state::{FormatOptions, NumericMetricState};
-use burn::train::metric::{LossMetric, Metric, MetricAttributes, MetricMetadata, MetricName, Numeric, NumericAttributes, NumericEntry, SerializedEntry};
-use burn::train::{ClassificationOutput, ExecutionStrategy, InferenceStep, Learner, MultiDeviceOptim, SupervisedTraining, TrainOutput, TrainStep};
-use sophia_gpt2::{Gpt2, Gpt2Config, cross_entropy};
+use burn::train::metric::{Adaptor, ItemLazy, LossInput, LossMetric, Metric, MetricAttributes, MetricMetadata, MetricName, Numeric, NumericAttributes, NumericEntry, SerializedEntry};
+use burn::train::{ExecutionStrategy, InferenceStep, Learner, MultiDeviceOptim, SupervisedTraining, TrainOutput, TrainStep};
+use sophia_gpt2::{Gpt2, Gpt2Config};
 use sophia_optim::{GlobalNormClip, SophiaControl, SophiaGConfig, WarmupCosineConfig};
 use sophia_train::data::{TokenFile, TokenizerKind, prepare};
 use sophia_train::learner::{LearnerRefresh, Parallel};
@@ -78,20 +78,39 @@ struct TokenBatch {
     first: u64,
 }
 
+/// A step's output for Burn's metrics: the loss alone. `Gpt2::loss` computes the LM head and the
+/// cross-entropy together without materialising the logits (the fused kernels on flex), so there
+/// are no logits to hand over; a project that wants accuracy or perplexity metrics can return
+/// Burn's `ClassificationOutput` with `Gpt2::forward`'s logits instead.
+struct LmOutput {
+    loss: Tensor<1>,
+}
+
+impl ItemLazy for LmOutput {
+    fn sync(self) -> Result<Self, ExecutionError> {
+        // As Burn's own outputs: flush the device's queued work and leave the autodiff graph.
+        self.loss.device().flush()?;
+        Ok(Self { loss: self.loss.without_autodiff() })
+    }
+}
+
+impl Adaptor<LossInput> for LmOutput {
+    fn adapt(&self) -> LossInput {
+        LossInput::new(self.loss.clone())
+    }
+}
+
 impl SophiaGpt2 {
-    fn output(&self, batch: &TokenBatch) -> ClassificationOutput {
-        let logits = self.gpt.forward(batch.inputs.clone()).expect("batches are BLOCK tokens long");
-        let [b, t, v] = logits.dims();
-        let loss = cross_entropy(logits.clone(), batch.targets.clone());
-        ClassificationOutput { loss, output: logits.reshape([b * t, v]), targets: batch.targets.clone().reshape([b * t]) }
+    fn output(&self, batch: &TokenBatch) -> LmOutput {
+        LmOutput { loss: self.gpt.loss(batch.inputs.clone(), batch.targets.clone()).expect("batches are BLOCK tokens long") }
     }
 }
 
 impl TrainStep for SophiaGpt2 {
     type Input = TokenBatch;
-    type Output = ClassificationOutput;
+    type Output = LmOutput;
 
-    fn step(&self, batch: TokenBatch) -> TrainOutput<ClassificationOutput> {
+    fn step(&self, batch: TokenBatch) -> TrainOutput<LmOutput> {
         let output = self.output(&batch);
         let grads = self.refresh.backward(output.loss.clone());
         // Kept for Sophia's refresh, should the coming optimizer step be one.
@@ -109,9 +128,9 @@ impl TrainStep for SophiaGpt2 {
 
 impl InferenceStep for SophiaGpt2 {
     type Input = TokenBatch;
-    type Output = ClassificationOutput;
+    type Output = LmOutput;
 
-    fn step(&self, batch: TokenBatch) -> ClassificationOutput {
+    fn step(&self, batch: TokenBatch) -> LmOutput {
         self.output(&batch)
     }
 }

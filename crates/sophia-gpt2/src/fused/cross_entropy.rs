@@ -122,12 +122,12 @@ fn backward(logits: &FlexTensor, targets: &FlexTensor, lse: &FlexTensor, grad: &
     FlexTensor::from_data(TensorData::new(out, logits.shape()))
 }
 
-fn flex_int(tensor: Tensor<1, Int>) -> FlexTensor {
+pub(super) fn flex_int(tensor: Tensor<1, Int>) -> FlexTensor {
     tensor.inner().try_into_primitive::<Flex>().expect("targets live beside the logits")
 }
 
 /// The targets as row indices.
-fn targets_of(targets: &FlexTensor) -> Vec<usize> {
+pub(super) fn targets_of(targets: &FlexTensor) -> Vec<usize> {
     let targets = contiguous(targets);
     match targets.dtype() {
         DType::I64 => targets.as_slice::<i64>().expect("contiguous").iter().map(|&t| t as usize).collect(),
@@ -138,7 +138,7 @@ fn targets_of(targets: &FlexTensor) -> Vec<usize> {
 
 multiversion! {
     /// `(max x, Σ exp(x − max))` of one row.
-    fn max_and_sum_exp(row: &[f32]) -> (f32, f32) => max_and_sum_exp_impl
+    pub(super) fn max_and_sum_exp(row: &[f32]) -> (f32, f32) => max_and_sum_exp_impl
 }
 
 multiversion! {

@@ -6,6 +6,8 @@
 //! - [`cross_entropy`]: the loss over the vocabulary and the sampled labels of SophiaG's
 //!   refresh (see [`loss`](crate::loss));
 //! - [`gelu`]: GPT-2's tanh-approximated GELU (see [`activation`](crate::activation));
+//! - [`linear_cross_entropy`]: the LM head's product and the cross-entropy in one kernel that
+//!   never holds the `[rows × vocab]` logits (see [`loss`](crate::loss));
 //! - [`layer_norm`]: LayerNorm with its scale and shift, forward and backward (see
 //!   [`norm`](crate::norm));
 //! - [`product`]: the products of the linear layers and the LM head, forward and backward (see
@@ -19,7 +21,9 @@
 
 pub(crate) mod cross_entropy;
 pub(crate) mod gelu;
+mod gemm;
 pub(crate) mod layer_norm;
+pub(crate) mod linear_cross_entropy;
 pub(crate) mod product;
 
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -55,9 +59,9 @@ fn floats(tensor: &FlexTensor) -> &[f32] {
 
 /// The instruction sets the kernels are compiled for, best first; the CPU's best is used.
 macro_rules! multiversion {
-    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? => $body:ident) => {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? => $body:ident) => {
         $(#[$doc])*
-        fn $name($($arg: $ty),*) $(-> $ret)? {
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f")]

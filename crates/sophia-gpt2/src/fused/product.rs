@@ -9,9 +9,10 @@
 //!            ∂W = xᵀ · ∂y     [K, N]     (the sum over the rows is the product's inner dimension)
 //! ```
 //!
-//! Each product is one `sgemm` of the `matrixmultiply` crate (AVX-512, AVX2/FMA or portable
-//! micro-kernels chosen at run time; strided operands packed straight from the tensor's
-//! storage), the larger of the output's dimensions split into one block per rayon thread. Flex
+//! Each product is one call of a [`gemm`](super::gemm) kernel per rayon thread (register tiles
+//! on AVX-512 for the small shapes of a training step, `matrixmultiply`'s packed `sgemm`
+//! otherwise; strided operands read straight from the tensor's storage), the larger of the
+//! output's dimensions split into one block per thread. Flex
 //! runs Burn's `linear` through the `gemm` crate as a batched matmul of one small `[seq, K]`
 //! matrix per sequence where Burn's layout policy keeps the batch; a product with a dimension
 //! below [`NARROW`] still goes to flex's matmul, unbatched. Every output element is summed in
@@ -27,6 +28,7 @@ use burn::backend::{Flex, TensorMetadata, flex::FlexTensor};
 use burn::tensor::{Shape, Tensor, TensorData};
 use rayon::prelude::*;
 
+use super::gemm::{Kernel, Operand, Output};
 use super::{AutodiffFlex, contiguous, dims};
 
 /// `x · weight` for `x` `[..., K]` and `weight` `[K, N]`: `[..., N]`.
@@ -79,51 +81,11 @@ fn differentiable_product(x: FloatTensor<AutodiffFlex>, weight: FloatTensor<Auto
 
 /// Below this size of a product's smallest dimension, the product goes to flex's own matmul
 /// (the `gemm` crate): the LM head of a narrow model on a large vocabulary (`[rows, 16]` against
-/// `[16, 50257]`) is mostly the packing of the vocabulary-wide operand, which `sgemm` pays in
-/// full and `gemm` largely avoids (on `cpu-1m` the backward pass took 3.4 times as long with
-/// `sgemm`).
+/// `[16, 50257]`) is mostly the packing of the vocabulary-wide operand, which `matrixmultiply`
+/// pays in full and `gemm` largely avoids (on `cpu-1m` the backward pass took 3.4 times as long
+/// with `matrixmultiply`; with the register tiles of [`Kernel::Tiles`] both ways measured the
+/// same).
 const NARROW: usize = 32;
-
-/// A matrix operand of `sgemm`: its first element and its row and column strides.
-#[derive(Clone, Copy)]
-struct Operand {
-    ptr: *const f32,
-    row_stride: isize,
-    col_stride: isize,
-}
-
-// SAFETY: an operand only reads storage that outlives every parallel task using it.
-unsafe impl Send for Operand {}
-unsafe impl Sync for Operand {}
-
-impl Operand {
-    /// A 2-D tensor in its own layout (copied to row-major only when a stride is negative).
-    fn matrix(tensor: &FlexTensor) -> (Self, Option<FlexTensor>) {
-        if !tensor.layout().has_positive_strides() {
-            let copy = tensor.to_contiguous();
-            return (Self::matrix(&copy).0, Some(copy));
-        }
-        let layout = tensor.layout();
-        let (_, _, row_stride, col_stride) = layout.as_2d_strides().expect("a matrix");
-        let ptr = tensor.storage::<f32>()[layout.start_offset()..].as_ptr();
-        (Self { ptr, row_stride, col_stride }, None)
-    }
-
-    /// The sub-matrix from row `row` and column `col` on.
-    fn at(self, row: usize, col: usize) -> Self {
-        let offset = row as isize * self.row_stride + col as isize * self.col_stride;
-        // SAFETY: the callers only offset to elements inside the matrix.
-        Self { ptr: unsafe { self.ptr.offset(offset) }, ..self }
-    }
-}
-
-/// The row-major output of a product, written by several tasks at disjoint blocks.
-#[derive(Clone, Copy)]
-struct Output(*mut f32);
-
-// SAFETY: every task writes its own block of rows or columns.
-unsafe impl Send for Output {}
-unsafe impl Sync for Output {}
 
 /// `a · b` for 2-D `a` `[m, k]` and `b` `[k, n]` in any layout: a new row-major `[m, n]`.
 fn matmul(a: &FlexTensor, b: &FlexTensor) -> FlexTensor {
@@ -132,13 +94,14 @@ fn matmul(a: &FlexTensor, b: &FlexTensor) -> FlexTensor {
         return Flex::float_matmul(a.clone(), b.clone());
     }
     let ((a, _a_copy), (b, _b_copy)) = (Operand::matrix(a), Operand::matrix(b));
-    FlexTensor::from_data(TensorData::new(sgemm(m, k, n, a, b), [m, n]))
+    FlexTensor::from_data(TensorData::new(on_threads(m, k, n, a, b), [m, n]))
 }
 
 /// `a · b` into a new row-major `[m, n]` buffer, the larger of the output's two dimensions
 /// split into one block per rayon thread (so no two threads pack the same operand block), each
-/// block one `sgemm`.
-fn sgemm(m: usize, k: usize, n: usize, a: Operand, b: Operand) -> Vec<f32> {
+/// block one call of the product's [`Kernel`].
+fn on_threads(m: usize, k: usize, n: usize, a: Operand, b: Operand) -> Vec<f32> {
+    let kernel = Kernel::for_product(m, k, n);
     let mut output = Vec::<f32>::with_capacity(m * n);
     let out = Output(output.as_mut_ptr());
     let by_rows = m >= n;
@@ -153,8 +116,8 @@ fn sgemm(m: usize, k: usize, n: usize, a: Operand, b: Operand) -> Vec<f32> {
         // SAFETY: `a` holds `m × k` and `b` `k × n` readable elements at their strides; this
         // task's block of `a`'s rows or `b`'s columns starts at `start`; its `rows × cols` block
         // of the output starts at `first` with row stride `n`, is inside the buffer's capacity,
-        // is written by no other task, and sgemm writes it without reading it (β = 0).
-        unsafe { matrixmultiply::sgemm(rows, k, cols, 1.0, a.ptr, a.row_stride, a.col_stride, b.ptr, b.row_stride, b.col_stride, 0.0, out.0.add(first), n as isize, 1) }
+        // is written by no other task, and β = 0.
+        unsafe { kernel.run(rows, k, cols, a, b, 0.0, out.0.add(first), n) }
     });
     // SAFETY: the blocks cover every one of the `m × n` elements (none when m or n is 0).
     unsafe { output.set_len(m * n) };

@@ -1,0 +1,326 @@
+//! The matrix products under the fused kernels: `C = A·B + β·C` on one thread, `β` 0 or 1,
+//! `A` and `B` in any strided layout, `C` row-major.
+//!
+//! Two kernels, chosen once per product by its shape ([`Kernel::for_product`]):
+//!
+//! - **tiles** (a CPU with AVX-512F, and a product with a dimension below [`SMALL`]: the shapes
+//!   of a small GPT's training step): no packing of `A` (a tile's elements are broadcast from a
+//!   row-major copy of each block of `A`'s columns, or straight from a transposed `A`, whose
+//!   tile rows already sit side by side) and none of `B` when its rows are contiguous (a `B` with
+//!   strided rows, such as the tied head's `wteᵀ`, is first copied row-major). A register tile
+//!   of 8 rows × 48 columns (24 accumulators of 16 lanes) runs over blocks of [`KC`] steps of
+//!   the inner dimension, so the `KC × 48` block of `B` it streams stays in the L1 cache while
+//!   every row block of `A` passes over it; the last tile of a row is masked, not padded.
+//! - **packed**: `matrixmultiply`'s `sgemm`, which packs both operands into panels for every
+//!   call (AVX-512, AVX2/FMA or portable micro-kernels). With every dimension large the packing
+//!   is a small share of the work and pays for itself; with an inner or outer dimension of 64 to
+//!   160 it cost as much time as the arithmetic in a training step.
+//!
+//! Each kernel sums every element of `C` over the inner dimension in the same order whatever
+//! block of rows or columns of `C` a call computes, so a product split over threads gives the
+//! same bits as on one thread.
+
+use burn::backend::flex::FlexTensor;
+
+/// Rows of the register tile.
+const MR: usize = 8;
+/// Vectors of 16 lanes per row of the register tile (48 columns).
+const NV: usize = 3;
+/// Steps of the inner dimension per block.
+const KC: usize = 128;
+/// Below this size of its smallest dimension a product runs on the tiles (where the CPU has
+/// AVX-512F); at and above it, on the packed kernel.
+const SMALL: usize = 256;
+
+/// A matrix operand: its first element and its row and column strides (in elements).
+#[derive(Clone, Copy)]
+pub(super) struct Operand {
+    pub(super) ptr: *const f32,
+    pub(super) row_stride: isize,
+    pub(super) col_stride: isize,
+}
+
+// SAFETY: an operand only reads storage that outlives every parallel task using it.
+unsafe impl Send for Operand {}
+unsafe impl Sync for Operand {}
+
+impl Operand {
+    /// A 2-D tensor in its own layout (copied to row-major only when a stride is negative).
+    pub(super) fn matrix(tensor: &FlexTensor) -> (Self, Option<FlexTensor>) {
+        if !tensor.layout().has_positive_strides() {
+            let copy = tensor.to_contiguous();
+            return (Self::matrix(&copy).0, Some(copy));
+        }
+        let layout = tensor.layout();
+        let (_, _, row_stride, col_stride) = layout.as_2d_strides().expect("a matrix");
+        let ptr = tensor.storage::<f32>()[layout.start_offset()..].as_ptr();
+        (Self { ptr, row_stride, col_stride }, None)
+    }
+
+    /// A row-major matrix whose rows are `row_stride` elements apart.
+    pub(super) fn row_major(data: &[f32], row_stride: usize) -> Self {
+        Self { ptr: data.as_ptr(), row_stride: row_stride as isize, col_stride: 1 }
+    }
+
+    /// The sub-matrix from row `row` and column `col` on.
+    pub(super) fn at(self, row: usize, col: usize) -> Self {
+        let offset = row as isize * self.row_stride + col as isize * self.col_stride;
+        // SAFETY: the callers only offset to elements inside the matrix.
+        Self { ptr: unsafe { self.ptr.offset(offset) }, ..self }
+    }
+
+    /// The transposed matrix (the same elements, the strides swapped).
+    pub(super) fn transposed(self) -> Self {
+        Self { ptr: self.ptr, row_stride: self.col_stride, col_stride: self.row_stride }
+    }
+}
+
+/// A row-major output, written by several tasks at disjoint blocks.
+#[derive(Clone, Copy)]
+pub(super) struct Output(pub(super) *mut f32);
+
+// SAFETY: every task writes its own block of rows or columns.
+unsafe impl Send for Output {}
+unsafe impl Sync for Output {}
+
+/// Which kernel computes a product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kernel {
+    /// This module's register tiles (AVX-512F).
+    Tiles,
+    /// `matrixmultiply`'s packed `sgemm`.
+    Packed,
+}
+
+impl Kernel {
+    /// The kernel of an `[m, k] × [k, n]` product (decided on the whole product, never on a
+    /// thread's block of it, so the split does not change the result).
+    pub(super) fn for_product(m: usize, k: usize, n: usize) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if m.min(k).min(n) < SMALL && std::arch::is_x86_feature_detected!("avx512f") {
+            return Self::Tiles;
+        }
+        let _ = (m, k, n);
+        Self::Packed
+    }
+
+    /// `C = A·B + β·C` for `A` `[m, k]` and `B` `[k, n]`, `C` row-major with rows `c_stride`
+    /// apart, `β` 0 or 1, on the calling thread.
+    ///
+    /// # Safety
+    /// `a` and `b` hold `m × k` and `k × n` readable elements at their strides; `c` holds
+    /// `m × n` elements at its stride that no other thread touches meanwhile, initialised unless
+    /// `β = 0` (then they are written without being read); [`Tiles`](Self::Tiles) only from
+    /// [`for_product`](Self::for_product) (the CPU has AVX-512F).
+    pub(super) unsafe fn run(self, m: usize, k: usize, n: usize, a: Operand, b: Operand, beta: f32, c: *mut f32, c_stride: usize) {
+        assert!(beta == 0.0 || beta == 1.0, "β is 0 or 1");
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU has AVX-512F; the caller's contract covers the memory.
+            Self::Tiles => unsafe { avx512::gemm(m, k, n, a, b, beta != 0.0, c, c_stride) },
+            // SAFETY: the caller's contract.
+            _ => unsafe { matrixmultiply::sgemm(m, k, n, 1.0, a.ptr, a.row_stride, a.col_stride, b.ptr, b.row_stride, b.col_stride, beta, c, c_stride as isize, 1) },
+        }
+    }
+}
+
+/// `C = A·B + β·C`, the whole product on the calling thread with its [`Kernel`].
+///
+/// # Safety
+/// As [`Kernel::run`].
+pub(super) unsafe fn gemm(m: usize, k: usize, n: usize, a: Operand, b: Operand, beta: f32, c: *mut f32, c_stride: usize) {
+    // SAFETY: the caller's contract; the kernel comes from `for_product`.
+    unsafe { Kernel::for_product(m, k, n).run(m, k, n, a, b, beta, c, c_stride) }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{KC, MR, NV, Operand};
+
+    const NR: usize = 16 * NV;
+
+    /// See [`Kernel::run`](super::Kernel::run); `accumulate` is `β = 1`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn gemm(m: usize, k: usize, n: usize, a: Operand, b: Operand, accumulate: bool, c: *mut f32, c_stride: usize) {
+        if m == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
+            if !accumulate {
+                for i in 0..m {
+                    // SAFETY: row `i` of `C` holds `n` elements.
+                    unsafe { std::ptr::write_bytes(c.add(i * c_stride), 0, n) };
+                }
+            }
+            return;
+        }
+        // `B` row-major (columns adjacent), copied so when it is not.
+        let mut copy = Vec::new();
+        let (b_ptr, b_stride) = if b.col_stride == 1 {
+            (b.ptr, b.row_stride)
+        } else {
+            copy.resize(k * n, 0.0f32);
+            // SAFETY: `b` holds `k × n` readable elements at its strides.
+            unsafe { row_major_copy(k, n, b, &mut copy) };
+            (copy.as_ptr(), n as isize)
+        };
+        // A row-major `A` goes through a contiguous copy of each block of its columns (a
+        // straight copy of every row's `KC` elements): the tile's 8 rows are then `KC` elements
+        // apart rather than a row of the tensor (at a multiple of 4 KiB they would all fall in
+        // one set of the L1 cache). A transposed `A` already holds a tile's rows side by side.
+        let copy_a = a.col_stride == 1 && m > MR;
+        let mut block = if copy_a { vec![0.0f32; m * KC.min(k)] } else { Vec::new() };
+        for pc in (0..k).step_by(KC) {
+            let depth = KC.min(k - pc);
+            let a = if copy_a {
+                for (i, row) in block.chunks_exact_mut(depth).take(m).enumerate() {
+                    // SAFETY: row `i` of `A` holds `depth` elements from column `pc` on.
+                    row.copy_from_slice(unsafe { std::slice::from_raw_parts(a.at(i, pc).ptr, depth) });
+                }
+                Operand { ptr: block.as_ptr(), row_stride: depth as isize, col_stride: 1 }
+            } else {
+                a.at(0, pc)
+            };
+            let add = accumulate || pc > 0;
+            for jc in (0..n).step_by(NR) {
+                let width = NR.min(n - jc);
+                let vectors = width.div_ceil(16);
+                let tail = width - 16 * (vectors - 1);
+                let mask: __mmask16 = if tail == 16 { 0xFFFF } else { (1 << tail) - 1 };
+                for ic in (0..m).step_by(MR) {
+                    let rows = MR.min(m - ic);
+                    // SAFETY: the tile's elements of `A`, `B` and `C` are inside the operands.
+                    unsafe {
+                        let tile = Tile { a: a.at(ic, 0), b: b_ptr.offset(pc as isize * b_stride + jc as isize), b_stride, c: c.add(ic * c_stride + jc), c_stride, depth, mask, add };
+                        tile.run(rows, vectors);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `B` `[k, n]` into `out` row-major. A transposed row-major matrix (`B = Wᵀ`, rows of `W`
+    /// adjacent in memory) goes in blocks of 8 × 8 through the registers (eight rows of `W`
+    /// loaded, transposed with unpacks and shuffles, stored as eight rows of `B`); the edges and
+    /// other layouts element by element.
+    ///
+    /// # Safety
+    /// `b` holds `k × n` readable elements at its strides; `out` holds `k × n`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn row_major_copy(k: usize, n: usize, b: Operand, out: &mut [f32]) {
+        assert!(out.len() >= k * n);
+        // SAFETY (all reads): `B[p, j]` for `p < k`, `j < n` is inside `B`.
+        let at = |p: usize, j: usize| unsafe { *b.ptr.offset(p as isize * b.row_stride + j as isize * b.col_stride) };
+        let (k8, n8) = if b.row_stride == 1 { (k / 8 * 8, n / 8 * 8) } else { (0, 0) };
+        for j in (0..n8).step_by(8) {
+            for p in (0..k8).step_by(8) {
+                // SAFETY: rows `j .. j + 8` of `W` hold `p .. p + 8`; rows `p .. p + 8` of `out`
+                // hold `j .. j + 8`.
+                unsafe {
+                    let load = |r: usize| _mm256_loadu_ps(b.ptr.offset((j + r) as isize * b.col_stride + p as isize));
+                    let (r0, r1, r2, r3, r4, r5, r6, r7) = (load(0), load(1), load(2), load(3), load(4), load(5), load(6), load(7));
+                    let (t0, t1) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
+                    let (t2, t3) = (_mm256_unpacklo_ps(r2, r3), _mm256_unpackhi_ps(r2, r3));
+                    let (t4, t5) = (_mm256_unpacklo_ps(r4, r5), _mm256_unpackhi_ps(r4, r5));
+                    let (t6, t7) = (_mm256_unpacklo_ps(r6, r7), _mm256_unpackhi_ps(r6, r7));
+                    let (u0, u1) = (_mm256_shuffle_ps::<0x44>(t0, t2), _mm256_shuffle_ps::<0xEE>(t0, t2));
+                    let (u2, u3) = (_mm256_shuffle_ps::<0x44>(t1, t3), _mm256_shuffle_ps::<0xEE>(t1, t3));
+                    let (u4, u5) = (_mm256_shuffle_ps::<0x44>(t4, t6), _mm256_shuffle_ps::<0xEE>(t4, t6));
+                    let (u6, u7) = (_mm256_shuffle_ps::<0x44>(t5, t7), _mm256_shuffle_ps::<0xEE>(t5, t7));
+                    let rows = [
+                        _mm256_permute2f128_ps::<0x20>(u0, u4),
+                        _mm256_permute2f128_ps::<0x20>(u1, u5),
+                        _mm256_permute2f128_ps::<0x20>(u2, u6),
+                        _mm256_permute2f128_ps::<0x20>(u3, u7),
+                        _mm256_permute2f128_ps::<0x31>(u0, u4),
+                        _mm256_permute2f128_ps::<0x31>(u1, u5),
+                        _mm256_permute2f128_ps::<0x31>(u2, u6),
+                        _mm256_permute2f128_ps::<0x31>(u3, u7),
+                    ];
+                    for (r, row) in rows.into_iter().enumerate() {
+                        _mm256_storeu_ps(out.as_mut_ptr().add((p + r) * n + j), row);
+                    }
+                }
+            }
+            for p in k8..k {
+                for jj in j..j + 8 {
+                    out[p * n + jj] = at(p, jj);
+                }
+            }
+        }
+        for p in 0..k {
+            for j in n8..n {
+                out[p * n + j] = at(p, j);
+            }
+        }
+    }
+
+    /// One register tile: `C[rows, vectors·16]` (+)= `A[rows, depth]·B[depth, vectors·16]`,
+    /// the last vector masked.
+    struct Tile {
+        a: Operand,
+        b: *const f32,
+        b_stride: isize,
+        c: *mut f32,
+        c_stride: usize,
+        depth: usize,
+        mask: __mmask16,
+        add: bool,
+    }
+
+    impl Tile {
+        /// The kernel for this tile's shape.
+        #[target_feature(enable = "avx512f")]
+        unsafe fn run(&self, rows: usize, vectors: usize) {
+            macro_rules! by_shape {
+                ($($r:literal)*) => {
+                    match (rows, vectors) {
+                        $(($r, 1) => unsafe { self.kernel::<$r, 1>() },
+                          ($r, 2) => unsafe { self.kernel::<$r, 2>() },
+                          ($r, 3) => unsafe { self.kernel::<$r, 3>() },)*
+                        _ => unreachable!("at most {MR} rows and {NV} vectors"),
+                    }
+                };
+            }
+            by_shape!(1 2 3 4 5 6 7 8)
+        }
+
+        #[target_feature(enable = "avx512f")]
+        unsafe fn kernel<const R: usize, const V: usize>(&self) {
+            let mut acc = [[_mm512_setzero_ps(); V]; R];
+            let (mut a, mut b) = (self.a.ptr, self.b);
+            for _ in 0..self.depth {
+                let mut bv = [_mm512_setzero_ps(); V];
+                for (v, bv) in bv.iter_mut().enumerate() {
+                    let mask = if v + 1 == V { self.mask } else { 0xFFFF };
+                    // SAFETY: the masked lanes of this row of `B` are inside it.
+                    *bv = unsafe { _mm512_maskz_loadu_ps(mask, b.add(16 * v)) };
+                }
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    // SAFETY: row `r` of the tile's `A` at this step is inside `A`.
+                    let av = _mm512_set1_ps(unsafe { *a.offset(r as isize * self.a.row_stride) });
+                    for (acc, &bv) in acc.iter_mut().zip(&bv) {
+                        *acc = _mm512_fmadd_ps(av, bv, *acc);
+                    }
+                }
+                // One step along the inner dimension (past the operands after the last: wrapping,
+                // never read).
+                a = a.wrapping_offset(self.a.col_stride);
+                b = b.wrapping_offset(self.b_stride);
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                for (v, &acc) in acc.iter().enumerate() {
+                    let mask = if v + 1 == V { self.mask } else { 0xFFFF };
+                    // SAFETY: the masked lanes of this row of `C` are inside it and this call's.
+                    unsafe {
+                        let c = self.c.add(r * self.c_stride + 16 * v);
+                        let out = if self.add { _mm512_add_ps(acc, _mm512_maskz_loadu_ps(mask, c)) } else { acc };
+                        _mm512_mask_storeu_ps(c, mask, out);
+                    }
+                }
+            }
+        }
+    }
+}
