@@ -25,7 +25,7 @@ use sophia_optim::{HessianEstimator, Refresh, draw_seed};
 
 use crate::error::ModelError;
 use crate::Kernels;
-use crate::loss::{cross_entropy_with, sample_labels_with};
+use crate::loss::sample_labels_with;
 use crate::model::Gpt2;
 
 /// Draws labels from the model and turns them into the gradient SophiaG refreshes from.
@@ -68,9 +68,7 @@ impl SampledLabelHessian {
     /// `ĝ`: the gradient of the mean cross-entropy of `model` on `inputs` `[batch, seq]`
     /// against labels sampled from the model itself. The model's weights are not changed.
     pub fn gradients(&self, model: &Gpt2, inputs: Tensor<2, Int>, draw: u64) -> Result<SampledLabelGradients, ModelError> {
-        let logits = model.forward(inputs)?;
-        let labels = self.sample_labels_with(model.kernels(), logits.clone(), draw);
-        let loss = cross_entropy_with(model.kernels(), logits, labels.clone());
+        let (loss, labels) = model.loss_on_drawn_labels(inputs, |logits| self.sample_labels_with(model.kernels(), logits, draw))?;
         let grads = GradientsParams::from_grads(loss.clone().backward(), model);
         Ok(SampledLabelGradients { grads, labels, loss: loss.detach() })
     }

@@ -152,11 +152,34 @@ impl Gpt2 {
     /// ([`linear_cross_entropy_with`]): with the fused kernels the `[batch × seq × vocab]`
     /// logits are never materialised.
     pub fn loss(&self, ids: Tensor<2, Int>, targets: Tensor<2, Int>) -> Result<Tensor<1>, ModelError> {
-        if self.precision == Precision::F32 && self.config.logit_softcap.is_none() {
+        if self.head_and_loss_together() {
             let [batch, seq] = targets.dims();
             return Ok(linear_cross_entropy_with(self.kernels, self.hidden(ids)?, self.head(), targets.reshape([batch * seq])));
         }
         Ok(cross_entropy_with(self.kernels, self.forward(ids)?, targets))
+    }
+
+    /// The loss against labels the model draws from its own predictions (SophiaG's sampled-label
+    /// refresh): `draw` receives the logits `[batch, seq, vocab_size]` (not differentiated) and
+    /// returns labels `[batch, seq]`; the loss is [`loss`](Self::loss) against them, its LM head
+    /// and cross-entropy one operation where `loss`'s are. Returns the loss and the labels.
+    pub fn loss_on_drawn_labels(&self, ids: Tensor<2, Int>, draw: impl FnOnce(Tensor<3>) -> Tensor<2, Int>) -> Result<(Tensor<1>, Tensor<2, Int>), ModelError> {
+        let [batch, seq] = ids.dims();
+        if self.head_and_loss_together() {
+            let (x, head) = (self.hidden(ids)?, self.head());
+            let logits = self.precision.product(self.kernels, x.clone().detach(), head.clone().detach().transpose());
+            let labels = draw(logits.reshape([batch, seq, self.config.vocab_size]));
+            let loss = linear_cross_entropy_with(self.kernels, x, head, labels.clone().reshape([batch * seq]));
+            return Ok((loss, labels));
+        }
+        let logits = self.forward(ids)?;
+        let labels = draw(logits.clone().detach());
+        Ok((cross_entropy_with(self.kernels, logits, labels.clone()), labels))
+    }
+
+    /// Whether the LM head and the loss are one operation (f32 products, no logit soft-cap).
+    fn head_and_loss_together(&self) -> bool {
+        self.precision == Precision::F32 && self.config.logit_softcap.is_none()
     }
 
     /// The final LayerNorm's output `[batch × seq, n_embd]` for token ids `[batch, seq]`.

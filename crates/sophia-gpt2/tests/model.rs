@@ -166,6 +166,39 @@ fn bf16_products_keep_f32_weights_and_gradients_close_to_f32() {
     }
 }
 
+/// The refresh's loss on labels drawn from the model's own logits is the model's loss on those
+/// labels, value and gradients, whichever kernels compute it: the drawing sees the same logits
+/// `forward` gives.
+#[test]
+fn the_loss_on_drawn_labels_is_the_loss_on_those_labels() {
+    let device = Device::flex().autodiff();
+    for kernels in [sophia_gpt2::Kernels::Fused, sophia_gpt2::Kernels::Composed] {
+        let model = Gpt2::new(&tiny(), &device, 3).unwrap().with_kernels(kernels);
+        let ids = tokens(&sequence(), &device);
+        let sampler = SampledLabelHessian::new(9);
+        let mut seen = None;
+        let (loss, labels) = model
+            .loss_on_drawn_labels(ids.clone(), |logits| {
+                seen = Some(logits.clone().into_data());
+                sampler.sample_labels(logits, 1)
+            })
+            .unwrap();
+        let forward = model.forward(ids.clone()).unwrap().into_data();
+        seen.unwrap().assert_approx_eq::<f32>(&forward, burn::tensor::Tolerance::absolute(1e-6));
+        let direct = model.loss(ids, labels).unwrap();
+        let value = |l: &Tensor<1>| l.clone().into_scalar::<f64>();
+        assert!((value(&loss) - value(&direct)).abs() < 1e-6, "{kernels:?}: {} vs {}", value(&loss), value(&direct));
+        let (a, b) = (GradientsParams::from_grads(loss.backward(), &model), GradientsParams::from_grads(direct.backward(), &model));
+        for (name, id, shape) in model.named_params() {
+            let get = |g: &GradientsParams| match shape.len() {
+                1 => g.get::<1>(id).unwrap().into_data(),
+                _ => g.get::<2>(id).unwrap().into_data(),
+            };
+            assert_eq!(get(&a), get(&b), "{kernels:?}: gradient of {name}");
+        }
+    }
+}
+
 #[test]
 fn sampled_labels_follow_the_softmax() {
     // Chi-square goodness of fit on a 5-token vocabulary, 20,000 draws, fixed seed.
