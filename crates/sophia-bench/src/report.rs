@@ -166,7 +166,7 @@ pub fn render(results: &Path, notes: Option<&str>) -> Result<String, crate::Benc
                 verdict(t.ratio_to_adamw <= 1.05)
             );
         }
-        for t in report.timings.iter().filter(|t| t.parameters > 100_000_000 && !t.optimizer.ends_with("(composed)") && t.optimizer != "sophiah" && t.optimizer != "muon") {
+        for t in report.timings.iter().filter(|t| t.parameters > 100_000_000 && !t.optimizer.ends_with("(composed)") && !["sophiah", "muon", crate::step::MEMORY_FLOOR].contains(&t.optimizer.as_str())) {
             let _ = writeln!(
                 out,
                 "- {} on {}: {:.2} ns per parameter (target at most 0.6: {}, by a factor {:.2}).",
@@ -175,6 +175,16 @@ pub fn render(results: &Path, notes: Option<&str>) -> Result<String, crate::Benc
                 t.ns_per_param,
                 verdict(t.ns_per_param <= 0.6),
                 t.ns_per_param / 0.6
+            );
+        }
+        for f in report.timings.iter().filter(|t| t.optimizer == crate::step::MEMORY_FLOOR) {
+            let sophiag = report.timings.iter().find(|t| t.optimizer == "sophiag" && t.preset == f.preset);
+            let _ = writeln!(
+                out,
+                "- {}: a pass that only moves SophiaG's bytes (four reads and two writes per parameter, the memory floor of a one-pass update) takes {:.2} ns per parameter{}.",
+                f.preset,
+                f.ns_per_param,
+                sophiag.map(|s| format!("; SophiaG's update {:.2}x that", s.median_secs / f.median_secs)).unwrap_or_default()
             );
         }
         for t in report.timings.iter().filter(|t| t.optimizer.ends_with("(composed)")) {

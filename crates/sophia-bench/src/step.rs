@@ -5,11 +5,16 @@
 //! warm-up steps that create the optimizer state. Repetitions are interleaved across optimizers
 //! so that machine noise affects all of them alike; the ratios to AdamW are computed from the
 //! medians of one run.
+//!
+//! Beside the optimizers, each round times a [`MemoryFloor`] pass: the bytes SophiaG's update
+//! reads and writes, moved with trivial arithmetic, which is as fast as any one-pass update can
+//! be on the machine's memory.
 
 use std::path::Path;
 use std::time::Instant;
 
 use burn::tensor::Device;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sophia_gpt2::{Gpt2, Gpt2Config, Kernels};
 use sophia_train::plot::{Panel, Series};
@@ -50,6 +55,41 @@ pub struct StepReport {
     pub repetitions: usize,
     /// One entry per optimizer and preset.
     pub timings: Vec<StepTiming>,
+}
+
+/// The name of the [`MemoryFloor`] rows.
+pub const MEMORY_FLOOR: &str = "memory floor";
+
+/// A pass over four parameter-sized f32 arrays that reads all four and writes two (SophiaG's
+/// one-pass update reads the parameter, gradient, momentum and `h`, and writes the parameter
+/// and the momentum), in the same parallel chunks, with one addition per written element: the
+/// memory traffic of the update without its arithmetic.
+struct MemoryFloor {
+    theta: Vec<f32>,
+    momentum: Vec<f32>,
+    grad: Vec<f32>,
+    hessian: Vec<f32>,
+}
+
+impl MemoryFloor {
+    fn new(parameters: usize) -> Self {
+        Self { theta: vec![1.0; parameters], momentum: vec![0.0; parameters], grad: vec![1e-3; parameters], hessian: vec![1e-3; parameters] }
+    }
+
+    fn pass(&mut self) {
+        const CHUNK: usize = 1 << 15;
+        self.theta
+            .par_chunks_mut(CHUNK)
+            .zip(self.momentum.par_chunks_mut(CHUNK))
+            .zip(self.grad.par_chunks(CHUNK).zip(self.hessian.par_chunks(CHUNK)))
+            .for_each(|((theta, momentum), (grad, hessian))| {
+                for (((theta, momentum), grad), hessian) in theta.iter_mut().zip(momentum.iter_mut()).zip(grad).zip(hessian) {
+                    *momentum += grad;
+                    *theta -= hessian;
+                }
+            });
+        std::hint::black_box(&self.theta);
+    }
 }
 
 /// The optimizers compared, built exactly as a training run builds them (Muon on the blocks'
@@ -96,7 +136,13 @@ pub fn run(presets: &[&str], repetitions: usize, device: &Device, backend: &str,
         }
         // A SophiaH schedule refreshes before its first update (a warm-up round, not timed).
         let mut estimator = crate::loss_gradient_estimator(device);
+        let mut floor = (MemoryFloor::new(parameters), Vec::new());
         for round in 0..repetitions + 2 {
+            let started = Instant::now();
+            floor.0.pass();
+            if round >= 2 {
+                floor.1.push(started.elapsed().as_secs_f64());
+            }
             for (name, stepper, slot, times) in runs.iter_mut() {
                 // The model moves into the step, as in training: nothing else holds its
                 // parameters, so the one-pass updates write them in place.
@@ -117,7 +163,8 @@ pub fn run(presets: &[&str], repetitions: usize, device: &Device, backend: &str,
             times[times.len() / 2]
         };
         let adamw = median(&mut runs[0].3);
-        for (name, _, _, mut times) in runs {
+        let timed = runs.into_iter().map(|(name, _, _, times)| (name, times)).chain(std::iter::once((MEMORY_FLOOR.to_string(), floor.1)));
+        for (name, mut times) in timed {
             let m = median(&mut times);
             timings.push(StepTiming {
                 optimizer: name,
