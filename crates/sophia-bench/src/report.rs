@@ -290,7 +290,7 @@ pub fn render(results: &Path, notes: Option<&str>) -> Result<String, crate::Benc
                 p.loss_backward_secs
             );
         }
-        out.push_str("\nA training step runs the LM head and the loss as one operation (`linear_cross_entropy_with`: with the fused kernels the logits are never materialised); the last three columns time the refresh's path, which materialises the logits to sample labels from them.\n");
+        out.push_str("\nA training step runs the LM head and the loss as one operation (`linear_cross_entropy_with`: with the fused kernels one pass over chunks of the vocabulary each way); the last three columns time the separate head and loss on materialised logits (bf16 products, a logit soft-cap).\n");
         let fused = |preset: &str, kernels: sophia_gpt2::Kernels| report.entries.iter().find(|e| e.preset == preset && e.kernels == kernels);
         let speedups: Vec<String> = report
             .entries

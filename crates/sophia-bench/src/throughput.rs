@@ -70,15 +70,15 @@ pub struct StepProfile {
     /// pass minus the LM head.
     pub blocks_forward_secs: f64,
     /// The LM head and the loss as a training step computes them (`Gpt2::loss`, through
-    /// `linear_cross_entropy_with`; with the fused kernels one operation that never holds the
-    /// logits), forward alone; 0 in reports written before it was measured.
+    /// `linear_cross_entropy_with`; with the fused kernels one operation over chunks of the
+    /// vocabulary), forward alone; 0 in reports written before it was measured.
     #[serde(default)]
     pub head_loss_forward_secs: f64,
     /// Its backward alone (from the loss to the hidden states and the head's weight).
     #[serde(default)]
     pub head_loss_backward_secs: f64,
     /// The LM head's matrix product `[tokens, C] × [C, vocab]` alone, the logits materialised
-    /// (the path of the refresh, evaluation with a soft-cap, and generation).
+    /// (the refresh's label draw, bf16 products or a logit soft-cap, and generation).
     pub head_secs: f64,
     /// Cross-entropy forward on materialised logits (log-softmax over the vocabulary and the
     /// gather).

@@ -8,7 +8,7 @@
 //! ```
 //!
 //! In a training step the loss is [`linear_cross_entropy_with`]: the LM head's product and the
-//! cross-entropy together, so the fused path never materialises the logits.
+//! cross-entropy together, so the fused path walks the logits chunk by chunk.
 //!
 //! Two implementations of each, chosen by [`Kernels`](crate::Kernels):
 //!
@@ -49,8 +49,9 @@ pub fn cross_entropy_with(kernels: Kernels, logits: Tensor<3>, targets: Tensor<2
 /// Mean cross-entropy of the logits `x · weightᵀ` (`x` `[rows, C]`, the LM head's `weight`
 /// `[vocab, C]`) against `targets` `[rows]`: the LM head and the loss of a training step.
 ///
-/// Fused (flex), the product and the loss are one kernel over chunks of the vocabulary that
-/// never holds the `[rows × vocab]` logits (see `fused::linear_cross_entropy`); composed (and
+/// Fused (flex), the product and the loss are one kernel over chunks of the vocabulary, the
+/// `[rows × vocab]` logits kept for the backward pass only where that is cheaper than
+/// recomputing them and they fit in 256 MiB (see `fused::linear_cross_entropy`); composed (and
 /// fused on other backends), the head's [`product_with`] and [`cross_entropy_with`].
 pub fn linear_cross_entropy_with(kernels: Kernels, x: Tensor<2>, weight: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
     #[cfg(feature = "flex")]

@@ -149,8 +149,9 @@ impl Gpt2 {
     /// Mean cross-entropy of the next-token prediction: `forward(ids)` against `targets`.
     ///
     /// In f32 without a logit soft-cap the LM head and the loss are one operation
-    /// ([`linear_cross_entropy_with`]): with the fused kernels the `[batch × seq × vocab]`
-    /// logits are never materialised.
+    /// ([`linear_cross_entropy_with`]): with the fused kernels one pass over chunks of the
+    /// vocabulary each way, the `[batch × seq × vocab]` logits at most kept once for the
+    /// backward pass.
     pub fn loss(&self, ids: Tensor<2, Int>, targets: Tensor<2, Int>) -> Result<Tensor<1>, ModelError> {
         if self.head_and_loss_together() {
             let [batch, seq] = targets.dims();

@@ -100,6 +100,33 @@ fn reference_linear_cross_entropy(x: &[f32], w: &[f32], targets: &[i64], rows: u
     (loss, [dx, dw])
 }
 
+/// The loss, `∂x` and `∂W` of the linear cross-entropy under both implementations against the
+/// f64 reference; the first value outside the rounding bound as the error.
+fn linear_cross_entropy_matches_the_reference(x: &Tensor<2>, weight: &Tensor<2>, targets: &Tensor<1, Int>) -> Result<(), String> {
+    let [rows, width] = x.dims();
+    let t = targets.clone().into_data().convert::<i64>().try_to_vec::<i64>().unwrap();
+    let (exact, want) = reference_linear_cross_entropy(&values(x.clone()), &values(weight.clone()), &t, rows, width);
+    for kernels in [Kernels::Fused, Kernels::Composed] {
+        let (loss, got) = linear_loss_and_grads(kernels, x, weight, targets);
+        if (loss - exact).abs() > 1e-5 * (1.0 + exact.abs()) {
+            return Err(format!("{kernels:?} loss {loss}, exact {exact}"));
+        }
+        for (what, (got, want)) in ["∂x", "∂W"].iter().zip(got.iter().zip(&want)) {
+            if got.len() != want.len() {
+                return Err(format!("{kernels:?} {what}: {} elements, expected {}", got.len(), want.len()));
+            }
+            for (i, (&got, &(exact, magnitude))) in got.iter().zip(want).enumerate() {
+                // Each probability is known to a few ulps of the logits' size (|logit| ≲ 5 here),
+                // and the sum over the vocabulary or the rows adds its own rounding.
+                if (got as f64 - exact).abs() > 1e-5 * magnitude + 1e-7 / rows as f64 {
+                    return Err(format!("{kernels:?} {what}[{i}] = {got}, exact {exact}"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// LayerNorm of `x` (scale and shift random) and the gradients of `Σ g·y` with respect to `x`,
 /// `γ` and `β`, under `kernels`.
 fn layer_norm_and_grads(kernels: Kernels, x: &Tensor<3>, g: &Tensor<3>, seed: u64) -> [Vec<f32>; 4] {
@@ -259,27 +286,15 @@ proptest! {
     }
 
     #[test]
-    fn the_linear_cross_entropy_and_its_gradients_match_an_f64_reference(rows in 1usize..600, width in 1usize..48, vocab in 1usize..5000, seed in 0u64..1000, x_layout in 0u8..3, w_layout in 0u8..3) {
+    fn the_linear_cross_entropy_and_its_gradients_match_an_f64_reference(rows in 1usize..600, width in prop_oneof![1usize..48, 128usize..140], vocab in 1usize..5000, seed in 0u64..1000, x_layout in 0u8..3, w_layout in 0u8..3) {
         let device = device();
         device.seed(seed);
         // Large enough a vocabulary and enough rows for several chunks in several groups.
         let x = weight_laid_out(x_layout, [rows, width], &device);
         let weight = weight_laid_out(w_layout, [vocab, width], &device).div_scalar((width as f64).sqrt());
         let targets = Tensor::<1, Int>::random([rows], Distribution::Uniform(0.0, vocab as f64), &device);
-        let t = targets.clone().into_data().convert::<i64>().try_to_vec::<i64>().unwrap();
-        let (exact, want) = reference_linear_cross_entropy(&values(x.clone()), &values(weight.clone()), &t, rows, width);
-        for kernels in [Kernels::Fused, Kernels::Composed] {
-            let (loss, got) = linear_loss_and_grads(kernels, &x, &weight, &targets);
-            prop_assert!((loss - exact).abs() <= 1e-5 * (1.0 + exact.abs()), "{kernels:?} loss {loss}, exact {exact}");
-            for (what, (got, want)) in ["∂x", "∂W"].iter().zip(got.iter().zip(&want)) {
-                prop_assert_eq!(got.len(), want.len());
-                for (i, (&got, &(exact, magnitude))) in got.iter().zip(want).enumerate() {
-                    // Each probability is known to a few ulps of the logits' size (|logit| ≲ 5
-                    // here), and the sum over the vocabulary or the rows adds its own rounding.
-                    let tolerance = 1e-5 * magnitude + 1e-7 / rows as f64;
-                    prop_assert!((got as f64 - exact).abs() <= tolerance, "{kernels:?} {what}[{i}] = {got}, exact {exact}");
-                }
-            }
+        if let Err(message) = linear_cross_entropy_matches_the_reference(&x, &weight, &targets) {
+            prop_assert!(false, "{}", message);
         }
     }
 
@@ -376,19 +391,41 @@ fn the_fused_layer_norm_does_not_depend_on_the_number_of_threads() {
     assert_same_on_one_two_and_three_threads("the LayerNorm or its gradients", || layer_norm_and_grads(Kernels::Fused, &x, &g, 3));
 }
 
+/// A vocabulary of many chunks per group (the random shapes above have at most a few per
+/// group), with the logits recomputed (a narrow hidden state) and kept (a wider one).
+#[test]
+fn the_linear_cross_entropy_over_many_chunks_matches_an_f64_reference() {
+    for (x, weight, targets) in linear_cases(12, 500, 17001, [16, 130]) {
+        linear_cross_entropy_matches_the_reference(&x, &weight, &targets).unwrap();
+    }
+}
+
 /// Likewise the fused linear cross-entropy, whose chunks of the vocabulary are grouped and the
-/// groups merged in a fixed order.
+/// groups merged in a fixed order, with the logits recomputed in the backward pass (a narrow
+/// hidden state) and kept from the forward pass (a wider one).
 #[test]
 fn the_fused_linear_cross_entropy_does_not_depend_on_the_number_of_threads() {
+    for (x, weight, targets) in linear_cases(9, 300, 3001, [24, 130]) {
+        assert_same_on_one_two_and_three_threads("the linear cross-entropy or its gradients", || {
+            let (loss, grads) = linear_loss_and_grads(Kernels::Fused, &x, &weight, &targets);
+            (loss.to_bits(), grads)
+        });
+    }
+}
+
+/// Row-major `x` `[rows, width]`, `W` `[vocab, width]` (scaled by `1/√width`, so the logits are
+/// of order one) and random targets, one case per width, from `seed`.
+fn linear_cases(seed: u64, rows: usize, vocab: usize, widths: [usize; 2]) -> Vec<(Tensor<2>, Tensor<2>, Tensor<1, Int>)> {
     let device = device();
-    device.seed(9);
-    let x = weight_laid_out(0, [300, 24], &device);
-    let weight = weight_laid_out(0, [3001, 24], &device);
-    let targets = Tensor::<1, Int>::random([300], Distribution::Uniform(0.0, 3001.0), &device);
-    assert_same_on_one_two_and_three_threads("the linear cross-entropy or its gradients", || {
-        let (loss, grads) = linear_loss_and_grads(Kernels::Fused, &x, &weight, &targets);
-        (loss.to_bits(), grads)
-    });
+    device.seed(seed);
+    widths
+        .into_iter()
+        .map(|width| {
+            let x = weight_laid_out(0, [rows, width], &device);
+            let weight = weight_laid_out(0, [vocab, width], &device).div_scalar((width as f64).sqrt());
+            (x, weight, Tensor::<1, Int>::random([rows], Distribution::Uniform(0.0, vocab as f64), &device))
+        })
+        .collect()
 }
 
 /// `run` gives the same result in rayon pools of two and three threads as in one of one thread.

@@ -1,6 +1,7 @@
 //! The fused kernel of [`linear_cross_entropy_with`](crate::loss::linear_cross_entropy_with):
-//! the LM head's product and the cross-entropy in one kernel that never holds the
-//! `[rows × vocab]` logits (103 MB for 512 positions over GPT-2's 50257 words). The vocabulary
+//! the LM head's product and the cross-entropy in one kernel, without the separate passes over
+//! the `[rows × vocab]` logits (103 MB for 512 positions over GPT-2's 50257 words) and their
+//! gradient that the head, the loss and the backward products make on their own. The vocabulary
 //! is cut into chunks of [`chunk_width`] words, small enough that a chunk's `[rows × w]` logits
 //! stay in the core's cache between the product that writes them and the pass that reads them:
 //!
@@ -12,9 +13,12 @@
 //!            ∂W_c = G_cᵀ·x  (rows c of ∂W),  ∂x += G_c·W_c
 //! ```
 //!
-//! where `(m, s) ⊕ (m', s') = (M, s·e^(m−M) + s'·e^(m'−M))`, `M = max(m, m')`. The backward
-//! pass recomputes the logits (a fourth product against the unfused path's three) instead of
-//! writing them in full and reading them back three times.
+//! where `(m, s) ⊕ (m', s') = (M, s·e^(m−M) + s'·e^(m'−M))`, `M = max(m, m')`. Where the
+//! logits fit in [`KEEP_BYTES`] and a logit costs at least [`KEEP_WIDTH`] multiply-adds, the
+//! forward pass keeps each chunk's logits for the backward pass (written once, read once, where
+//! the unfused path wrote them and read them back three times); otherwise the backward pass
+//! recomputes them (a fourth product against the unfused path's three), so memory stays bounded
+//! by the chunks. Both give the same bits: the kept logits are the recomputed ones.
 //!
 //! The chunks are dealt to [`LANES`] contiguous groups; each group is one parallel task with its
 //! own running sums and its own partial `∂x`, and the groups are merged in order, so the result
@@ -41,6 +45,16 @@ const LANES: usize = 16;
 /// The bytes of one chunk's logits: within a core's L2 cache.
 const CHUNK_BYTES: usize = 1 << 20;
 
+/// The most bytes of logits a forward pass keeps for its backward pass.
+const KEEP_BYTES: usize = 256 << 20;
+
+/// The narrowest hidden state whose logits are kept rather than recomputed: a logit costs that
+/// many multiply-adds to recompute, against writing it to memory and reading it back. Measured
+/// with `bench throughput` on two vCPUs: cpu-10m (160 wide) trained at 914 and 1024 tokens/s
+/// keeping its logits against 804 recomputing them; cpu-3m (64 wide) at 1703 keeping against
+/// 1689 and 1683 recomputing, no gain.
+const KEEP_WIDTH: usize = 128;
+
 /// Mean cross-entropy of `x·weightᵀ` (`x` `[rows, C]`, `weight` `[vocab, C]`) against
 /// `targets` `[rows]`, `None` when the tensors are tracked by an autodiff that is not this
 /// crate's (gradient checkpointing).
@@ -51,7 +65,7 @@ pub(crate) fn linear_cross_entropy(x: Tensor<2>, weight: Tensor<2>, targets: Ten
         return Some(Tensor::from_primitive::<AutodiffFlex>(differentiable(x, weight, targets)));
     }
     match (x.try_into_primitive::<Flex>(), weight.try_into_primitive::<Flex>()) {
-        (Ok(x), Ok(weight)) => Some(Tensor::from_primitive::<Flex>(Head::new(&contiguous(&x), &weight).forward(&targets).0)),
+        (Ok(x), Ok(weight)) => Some(Tensor::from_primitive::<Flex>(Head::new(&contiguous(&x), &weight).forward(&targets, None).0)),
         _ => None,
     }
 }
@@ -62,13 +76,14 @@ fn differentiable(x: FloatTensor<AutodiffFlex>, weight: FloatTensor<AutodiffFlex
     struct LinearCrossEntropyBackward;
 
     impl Backward<Flex, 2> for LinearCrossEntropyBackward {
-        /// `x` (row-major), the weight, the targets and the per-row log-sum-exp.
-        type State = (FlexTensor, FlexTensor, Vec<usize>, Vec<f32>);
+        /// `x` (row-major), the weight, the targets, the per-row log-sum-exp and the kept
+        /// logits.
+        type State = (FlexTensor, FlexTensor, Vec<usize>, Vec<f32>, Option<Vec<f32>>);
 
         fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-            let (x, weight, targets, lse) = ops.state;
+            let (x, weight, targets, lse, kept) = ops.state;
             let grad = floats(&contiguous(&grads.consume::<Flex>(&ops.node)))[0];
-            let (dx, dweight) = Head::new(&x, &weight).backward(&targets, &lse, grad);
+            let (dx, dweight) = Head::new(&x, &weight).backward(&targets, &lse, grad, kept);
             let [x_node, weight_node] = &ops.parents;
             if let Some(node) = x_node {
                 grads.register::<Flex>(node.id, dx);
@@ -82,10 +97,12 @@ fn differentiable(x: FloatTensor<AutodiffFlex>, weight: FloatTensor<AutodiffFlex
     match LinearCrossEntropyBackward.prepare::<NoCheckpointing>([x.node(), weight.node()]).compute_bound().stateful() {
         OpsKind::Tracked(prep) => {
             let (x, weight) = (contiguous(&x.into_primitive()), weight.into_primitive());
-            let (loss, lse) = Head::new(&x, &weight).forward(&targets);
-            prep.finish((x, weight, targets, lse), loss)
+            let head = Head::new(&x, &weight);
+            let mut kept = head.keeps_logits().then(|| vec![0.0f32; head.rows * head.vocab]);
+            let (loss, lse) = head.forward(&targets, kept.as_deref_mut());
+            prep.finish((x, weight, targets, lse, kept), loss)
         }
-        OpsKind::UnTracked(prep) => prep.finish(Head::new(&contiguous(x.primitive()), weight.primitive()).forward(&targets).0),
+        OpsKind::UnTracked(prep) => prep.finish(Head::new(&contiguous(x.primitive()), weight.primitive()).forward(&targets, None).0),
     }
 }
 
@@ -144,6 +161,29 @@ impl<'a> Head<'a> {
             .collect()
     }
 
+    /// Whether a forward pass keeps the logits for the backward pass (see [`KEEP_BYTES`],
+    /// [`KEEP_WIDTH`]).
+    fn keeps_logits(&self) -> bool {
+        self.width >= KEEP_WIDTH && self.rows * self.vocab * 4 <= KEEP_BYTES
+    }
+
+    /// `logits` `[rows × vocab]`, chunk after chunk (a chunk of `w` words from word `s` on is
+    /// `[rows, w]` row-major at `rows·s`), cut into each group's words; without kept logits, a
+    /// scratch chunk per group.
+    fn regions<'b>(&self, lanes: &[Range<usize>], logits: Option<&'b mut [f32]>) -> Vec<Region<'b>> {
+        match logits {
+            Some(mut rest) => lanes
+                .iter()
+                .map(|words| {
+                    let (mine, tail) = std::mem::take(&mut rest).split_at_mut(self.rows * words.len());
+                    rest = tail;
+                    Region::Kept(mine)
+                })
+                .collect(),
+            None => lanes.iter().map(|_| Region::Scratch(vec![0.0f32; self.rows * self.chunk])).collect(),
+        }
+    }
+
     /// The chunks of `words`: their first word and their width.
     fn chunks(&self, words: Range<usize>) -> impl Iterator<Item = (usize, usize)> + use<'_> {
         words.clone().step_by(self.chunk).map(move |start| (start, self.chunk.min(words.end - start)))
@@ -157,9 +197,11 @@ impl<'a> Head<'a> {
         unsafe { gemm(self.rows, self.width, w, Operand::row_major(self.x, self.width), self.weight.at(start, 0).transposed(), 0.0, logits.as_mut_ptr(), w) }
     }
 
-    /// `(mean loss [1], lse per row)`.
-    fn forward(&self, targets: &[usize]) -> (FlexTensor, Vec<f32>) {
-        let partials: Vec<Partial> = self.lanes().into_par_iter().map(|words| self.forward_lane(words, targets)).collect();
+    /// `(mean loss [1], lse per row)`; the logits are written to `keep` when it is given.
+    fn forward(&self, targets: &[usize], keep: Option<&mut [f32]>) -> (FlexTensor, Vec<f32>) {
+        let lanes = self.lanes();
+        let regions = self.regions(&lanes, keep);
+        let partials: Vec<Partial> = lanes.into_par_iter().zip(regions).map(|(words, mut region)| self.forward_lane(words, targets, &mut region)).collect();
         let mut stats = vec![(f32::NEG_INFINITY, 0.0f32); self.rows];
         let mut target_logits = vec![f32::NAN; self.rows];
         for partial in partials {
@@ -176,12 +218,12 @@ impl<'a> Head<'a> {
         (FlexTensor::from_data(TensorData::new(vec![mean as f32], [1])), lse)
     }
 
-    fn forward_lane(&self, words: Range<usize>, targets: &[usize]) -> Partial {
+    fn forward_lane(&self, words: Range<usize>, targets: &[usize], region: &mut Region<'_>) -> Partial {
         let mut stats = vec![(f32::NEG_INFINITY, 0.0f32); self.rows];
         let mut picked = Vec::new();
-        let mut logits = vec![0.0f32; self.rows * self.chunk];
-        for (start, w) in self.chunks(words) {
-            self.logits(start, w, &mut logits);
+        for (start, w) in self.chunks(words.clone()) {
+            let logits = region.chunk(self.rows, start - words.start, w);
+            self.logits(start, w, logits);
             for ((row, stat), (i, &t)) in logits.chunks_exact(w).zip(&mut stats).zip(targets.iter().enumerate()) {
                 *stat = merge(*stat, max_and_sum_exp(row));
                 if (start..start + w).contains(&t) {
@@ -192,12 +234,15 @@ impl<'a> Head<'a> {
         Partial { stats, picked }
     }
 
-    /// `(∂x [rows, C], ∂W [vocab, C])` for the upstream gradient `grad` of the mean loss.
-    fn backward(&self, targets: &[usize], lse: &[f32], grad: f32) -> (FlexTensor, FlexTensor) {
+    /// `(∂x [rows, C], ∂W [vocab, C])` for the upstream gradient `grad` of the mean loss, from
+    /// the forward pass's `kept` logits or recomputed ones.
+    fn backward(&self, targets: &[usize], lse: &[f32], grad: f32, mut kept: Option<Vec<f32>>) -> (FlexTensor, FlexTensor) {
         let scale = grad / self.rows as f32;
         let mut dweight = Vec::<f32>::with_capacity(self.vocab * self.width);
         let out = Output(dweight.as_mut_ptr());
-        let partials: Vec<Vec<f32>> = self.lanes().into_par_iter().map(|words| self.backward_lane(words, targets, lse, scale, &out)).collect();
+        let lanes = self.lanes();
+        let regions = self.regions(&lanes, kept.as_deref_mut());
+        let partials: Vec<Vec<f32>> = lanes.into_par_iter().zip(regions).map(|(words, mut region)| self.backward_lane(words, targets, lse, scale, &out, &mut region)).collect();
         // SAFETY: the lanes' chunks cover every word, and each wrote its words' rows of ∂W.
         unsafe { dweight.set_len(self.vocab * self.width) };
         let mut partials = partials.into_iter();
@@ -209,18 +254,21 @@ impl<'a> Head<'a> {
     }
 
     /// This lane's partial `∂x`; its words' rows of `∂W` go to `dweight`.
-    fn backward_lane(&self, words: Range<usize>, targets: &[usize], lse: &[f32], scale: f32, dweight: &Output) -> Vec<f32> {
+    fn backward_lane(&self, words: Range<usize>, targets: &[usize], lse: &[f32], scale: f32, dweight: &Output, region: &mut Region<'_>) -> Vec<f32> {
         let mut dx = vec![0.0f32; self.rows * self.width];
-        let mut logits = vec![0.0f32; self.rows * self.chunk];
-        for (start, w) in self.chunks(words) {
-            self.logits(start, w, &mut logits);
+        for (start, w) in self.chunks(words.clone()) {
+            let kept = matches!(region, Region::Kept(_));
+            let logits = region.chunk(self.rows, start - words.start, w);
+            if !kept {
+                self.logits(start, w, logits);
+            }
             for ((row, &lse), &t) in logits.chunks_exact_mut(w).zip(lse).zip(targets) {
                 scaled_softmax(row, lse, scale);
                 if (start..start + w).contains(&t) {
                     row[t - start] -= scale;
                 }
             }
-            let g = Operand::row_major(&logits, w);
+            let g = Operand::row_major(logits, w);
             // SAFETY: `g` is `[rows, w]` row-major; ∂W's rows `start .. start + w` (`C` each) are
             // inside its capacity and written by this lane alone (β = 0); `dx` is this lane's
             // own `[rows, C]`, initialised.
@@ -230,6 +278,24 @@ impl<'a> Head<'a> {
             }
         }
         dx
+    }
+}
+
+/// Where one group of chunks keeps its logits.
+enum Region<'b> {
+    /// The group's words of the logits kept for the backward pass.
+    Kept(&'b mut [f32]),
+    /// One chunk's room, reused chunk after chunk.
+    Scratch(Vec<f32>),
+}
+
+impl Region<'_> {
+    /// The `[rows, w]` logits of the chunk `offset` words into the group.
+    fn chunk(&mut self, rows: usize, offset: usize, w: usize) -> &mut [f32] {
+        match self {
+            Self::Kept(logits) => &mut logits[rows * offset..rows * (offset + w)],
+            Self::Scratch(room) => &mut room[..rows * w],
+        }
     }
 }
 

@@ -6,8 +6,8 @@
 //! - [`cross_entropy`]: the loss over the vocabulary and the sampled labels of SophiaG's
 //!   refresh (see [`loss`](crate::loss));
 //! - [`gelu`]: GPT-2's tanh-approximated GELU (see [`activation`](crate::activation));
-//! - [`linear_cross_entropy`]: the LM head's product and the cross-entropy in one kernel that
-//!   never holds the `[rows × vocab]` logits (see [`loss`](crate::loss));
+//! - [`linear_cross_entropy`]: the LM head's product and the cross-entropy in one kernel over
+//!   chunks of the vocabulary (see [`loss`](crate::loss));
 //! - [`layer_norm`]: LayerNorm with its scale and shift, forward and backward (see
 //!   [`norm`](crate::norm));
 //! - [`product`]: the products of the linear layers and the LM head, forward and backward (see
