@@ -173,7 +173,7 @@ pub(crate) fn sophia_update<const D: usize>(update: &SophiaUpdate, tensor: Tenso
 /// as [`adamw_chunk`]).
 fn sophia_chunk(u: &SophiaUpdate, theta: &mut [f32], m: &mut [f32], g: &[f32], h: &[f32]) -> u64 {
     match u.preconditioner {
-        Preconditioner::Scaled { scale, epsilon } => with_decay!(u.decay, |decay| sophia_loop(u, decay, |h| h * scale + epsilon, theta, m, g, h)),
+        scaled @ Preconditioner::Scaled { .. } => with_decay!(u.decay, |decay| sophia_loop(u, decay, |h| scaled.of(h), theta, m, g, h)),
         floored @ Preconditioner::Floored { .. } => with_decay!(u.decay, |decay| sophia_loop(u, decay, |h| floored.of(h), theta, m, g, h)),
     }
 }
