@@ -51,35 +51,92 @@ impl CausalSelfAttention {
 
     /// `x`: `[batch, seq, n_embd]` → `[batch, seq, n_embd]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let [batch, seq, width] = x.dims();
-        let head_dim = width / self.n_head;
-        let (h, kv) = (self.n_head, self.n_kv_head);
         let qkv = self.precision.linear(self.kernels, &self.c_attn, x);
-        let heads = |start: usize, count: usize| {
-            qkv.clone()
-                .narrow(2, start * head_dim, count * head_dim)
-                .reshape([batch, seq, count, head_dim])
-                .swap_dims(1, 2)
-        };
-        let (mut q, mut k, v) = (heads(0, h), heads(h, kv), heads(h + kv, kv));
+        let y = if self.is_plain() { causal_attention_with(self.kernels, qkv, self.n_head) } else { self.modern(qkv) };
+        self.resid_dropout.forward(self.precision.linear(self.kernels, &self.c_proj, y))
+    }
+
+    /// GPT-2's own attention: every head its own keys and values, no rotary embedding, no
+    /// QK-norm, no attention dropout, f32 products ([`causal_attention_with`]).
+    fn is_plain(&self) -> bool {
+        self.n_kv_head == self.n_head
+            && self.rope_theta.is_none()
+            && self.qk_norm_epsilon.is_none()
+            && self.attn_dropout.prob == 0.0
+            && self.precision == Precision::F32
+    }
+
+    /// Attention with the modern options (grouped-query attention, rotary embeddings, QK-norm),
+    /// attention dropout or bf16 products: Burn's tensor operations.
+    fn modern(&self, qkv: Tensor<3>) -> Tensor<3> {
+        let (mut q, mut k, v) = split_heads(qkv, self.n_head, self.n_kv_head);
         if let Some(eps) = self.qk_norm_epsilon {
             q = rms_norm(q, eps);
             k = rms_norm(k, eps);
         }
         if let Some(theta) = self.rope_theta {
+            let [_, _, seq, head_dim] = q.dims();
             let (cos, sin) = rotary_tables(seq, head_dim, theta, &q.device());
             q = rotate(q, cos.clone(), sin.clone());
             k = rotate(k, cos, sin);
         }
-        let (k, v) = (repeat_kv(k, h / kv), repeat_kv(v, h / kv));
-
-        let scores = self.precision.matmul(q, k.swap_dims(2, 3)).div_scalar((head_dim as f64).sqrt());
-        let future = causal_mask(seq, &scores.device()).unsqueeze::<4>().expand([batch, h, seq, seq]);
-        let weights = softmax(scores.mask_fill(future, f32::NEG_INFINITY), 3);
-        let y = self.precision.matmul(self.attn_dropout.forward(weights), v);
-        let y = y.swap_dims(1, 2).reshape([batch, seq, width]);
-        self.resid_dropout.forward(self.precision.linear(self.kernels, &self.c_proj, y))
+        let groups = self.n_head / self.n_kv_head;
+        let (k, v) = (repeat_kv(k, groups), repeat_kv(v, groups));
+        merge_heads(attend(q, k, v, self.precision, &self.attn_dropout))
     }
+}
+
+/// Causal self-attention of the fused projection's output `qkv` `[batch, seq, 3·C]` (the
+/// queries, keys and values of `heads` heads of `C / heads` side by side) →
+/// `[batch, seq, C]`, the heads side by side:
+///
+/// ```text
+/// O_h = softmax(q_h·k_hᵀ/√d + M)·v_h,   M[i, j] = −∞ for a key j after the query i
+/// ```
+///
+/// (Vaswani et al. 2017), with the implementation `kernels` asks for: Burn's tensor operations,
+/// or on flex one fused kernel forward and one backward that read the heads in place (see
+/// [`fused::attention`](crate::fused)).
+pub fn causal_attention_with(kernels: Kernels, qkv: Tensor<3>, heads: usize) -> Tensor<3> {
+    #[cfg(feature = "flex")]
+    if kernels == Kernels::Fused
+        && crate::fused::applies(&qkv)
+        && let Some(y) = crate::fused::attention::causal_attention(qkv.clone(), heads)
+    {
+        return y;
+    }
+    let _ = kernels;
+    let (q, k, v) = split_heads(qkv, heads, heads);
+    merge_heads(attend(q, k, v, Precision::F32, &DropoutConfig::new(0.0).init()))
+}
+
+/// `qkv` `[batch, seq, (heads + 2·kv_heads)·d]` → `q` `[batch, heads, seq, d]`, `k` and `v`
+/// `[batch, kv_heads, seq, d]`.
+fn split_heads(qkv: Tensor<3>, heads: usize, kv_heads: usize) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+    let [batch, seq, columns] = qkv.dims();
+    let head_dim = columns / (heads + 2 * kv_heads);
+    let part = |start: usize, count: usize| {
+        qkv.clone()
+            .narrow(2, start * head_dim, count * head_dim)
+            .reshape([batch, seq, count, head_dim])
+            .swap_dims(1, 2)
+    };
+    (part(0, heads), part(heads, kv_heads), part(heads + kv_heads, kv_heads))
+}
+
+/// `[batch, heads, seq, d]` → `[batch, seq, heads·d]`.
+fn merge_heads(y: Tensor<4>) -> Tensor<3> {
+    let [batch, heads, seq, head_dim] = y.dims();
+    y.swap_dims(1, 2).reshape([batch, seq, heads * head_dim])
+}
+
+/// `softmax(q·kᵀ/√d + M)·v` per head, the probabilities through `dropout`.
+fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, precision: Precision, dropout: &Dropout) -> Tensor<4> {
+    let [batch, heads, seq, head_dim] = q.dims();
+    let scores = precision.matmul(q, k.swap_dims(2, 3)).div_scalar((head_dim as f64).sqrt());
+    let future = causal_mask(seq, &scores.device()).unsqueeze::<4>().expand([batch, heads, seq, seq]);
+    let weights = softmax(scores.mask_fill(future, f32::NEG_INFINITY), 3);
+    precision.matmul(dropout.forward(weights), v)
 }
 
 /// `true` where a key position lies in the future of the query position (`key > query`).

@@ -8,6 +8,7 @@ use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use proptest::prelude::*;
 use sophia_gpt2::Kernels;
 use sophia_gpt2::activation::gelu_with;
+use sophia_gpt2::attention::causal_attention_with;
 use sophia_gpt2::loss::{cross_entropy_with, linear_cross_entropy_with, sample_labels_with};
 use sophia_gpt2::norm::layer_norm_with;
 use sophia_gpt2::product::product_with;
@@ -268,6 +269,27 @@ proptest! {
     }
 
     #[test]
+    fn causal_attention_and_its_gradient_match_an_f64_reference(batch in 1usize..4, seq in 1usize..70, heads in 1usize..5, head_dim in 1usize..40, seed in 0u64..1000, layout in 0u8..3) {
+        let device = device();
+        device.seed(seed);
+        let width = heads * head_dim;
+        let qkv = laid_out(layout, [batch, seq, 3 * width], 1.0, &device);
+        let g = Tensor::<3>::random([batch, seq, width], Distribution::Normal(0.0, 1.0), &device);
+        let (y, dqkv) = attention_f64(&values(qkv.clone()), &values(g.clone()), [batch, seq, width], heads);
+        // Both paths against the definition: the composed one checks the reference as much as
+        // the reference checks the fused one.
+        for kernels in [Kernels::Fused, Kernels::Composed] {
+            let (got_y, got_dqkv) = attention_and_grad(kernels, &qkv, &g, heads);
+            for (what, got, want) in [("y", &got_y, &y), ("∂qkv", &got_dqkv, &dqkv)] {
+                prop_assert_eq!(got.len(), want.len());
+                for (i, (&got, &want)) in got.iter().zip(want.iter()).enumerate() {
+                    prop_assert!(close(got, want as f32, 1e-4, 2e-5 * (seq as f32).sqrt()), "{:?} {}[{}]: {} vs f64 {}", kernels, what, i, got, want);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn fused_layer_norm_equals_the_composed_one(batch in 1usize..4, seq in 1usize..70, width in 1usize..300, scale in prop_oneof![Just(1.0f64), Just(20.0f64)], seed in 0u64..1000, layout in 0u8..3) {
         let device = device();
         device.seed(seed);
@@ -391,6 +413,16 @@ fn the_fused_layer_norm_does_not_depend_on_the_number_of_threads() {
     assert_same_on_one_two_and_three_threads("the LayerNorm or its gradients", || layer_norm_and_grads(Kernels::Fused, &x, &g, 3));
 }
 
+/// Likewise the fused attention, one (sequence, head) per task.
+#[test]
+fn the_fused_attention_does_not_depend_on_the_number_of_threads() {
+    let device = device();
+    device.seed(9);
+    let qkv = laid_out(0, [3, 45, 3 * 96], 1.0, &device);
+    let g = Tensor::<3>::random([3, 45, 96], Distribution::Normal(0.0, 1.0), &device);
+    assert_same_on_one_two_and_three_threads("the attention or its gradient", || attention_and_grad(Kernels::Fused, &qkv, &g, 4));
+}
+
 /// A vocabulary of many chunks per group (the random shapes above have at most a few per
 /// group), with the logits recomputed (a narrow hidden state) and kept (a wider one).
 #[test]
@@ -426,6 +458,54 @@ fn linear_cases(seed: u64, rows: usize, vocab: usize, widths: [usize; 2]) -> Vec
             (x, weight, Tensor::<1, Int>::random([rows], Distribution::Uniform(0.0, vocab as f64), &device))
         })
         .collect()
+}
+
+/// Causal attention of `qkv` and the gradient of `Σ g·y` under `kernels`.
+fn attention_and_grad(kernels: Kernels, qkv: &Tensor<3>, g: &Tensor<3>, heads: usize) -> (Vec<f32>, Vec<f32>) {
+    let leaf = qkv.clone().inner().autodiff().require_grad();
+    let y = causal_attention_with(kernels, leaf.clone(), heads);
+    let output = values(y.clone().inner());
+    let grads = (y * g.clone().inner().autodiff()).sum().backward();
+    (output, values(leaf.grad(&grads).expect("qkv is a leaf")))
+}
+
+/// Causal attention and the gradient of `Σ g·y` in f64, straight from the definition
+/// (`qkv` `[batch, seq, 3·C]` row-major, `g` `[batch, seq, C]`).
+fn attention_f64(qkv: &[f32], g: &[f32], [batch, seq, width]: [usize; 3], heads: usize) -> (Vec<f64>, Vec<f64>) {
+    let d = width / heads;
+    let at = |b: usize, t: usize, part: usize, h: usize, i: usize| ((b * seq + t) * 3 + part) * width + h * d + i;
+    let mut y = vec![0.0f64; batch * seq * width];
+    let mut dqkv = vec![0.0f64; qkv.len()];
+    let root = (d as f64).sqrt();
+    for b in 0..batch {
+        for h in 0..heads {
+            let q = |t: usize, i: usize| qkv[at(b, t, 0, h, i)] as f64;
+            let k = |t: usize, i: usize| qkv[at(b, t, 1, h, i)] as f64;
+            let v = |t: usize, i: usize| qkv[at(b, t, 2, h, i)] as f64;
+            let dy = |t: usize, i: usize| g[(b * seq + t) * width + h * d + i] as f64;
+            for t in 0..seq {
+                let scores: Vec<f64> = (0..=t).map(|j| (0..d).map(|i| q(t, i) * k(j, i)).sum::<f64>() / root).collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let total: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+                let p: Vec<f64> = scores.iter().map(|s| (s - max).exp() / total).collect();
+                for i in 0..d {
+                    y[(b * seq + t) * width + h * d + i] = (0..=t).map(|j| p[j] * v(j, i)).sum();
+                }
+                // ∂p_j = Σ_i ∂y_i v_ji; ∂s_j = p_j (∂p_j − Σ_l p_l ∂p_l).
+                let dp: Vec<f64> = (0..=t).map(|j| (0..d).map(|i| dy(t, i) * v(j, i)).sum()).collect();
+                let mean: f64 = p.iter().zip(&dp).map(|(p, dp)| p * dp).sum();
+                for j in 0..=t {
+                    let ds = p[j] * (dp[j] - mean) / root;
+                    for i in 0..d {
+                        dqkv[at(b, t, 0, h, i)] += ds * k(j, i);
+                        dqkv[at(b, j, 1, h, i)] += ds * q(t, i);
+                        dqkv[at(b, j, 2, h, i)] += p[j] * dy(t, i);
+                    }
+                }
+            }
+        }
+    }
+    (y, dqkv)
 }
 
 /// `run` gives the same result in rayon pools of two and three threads as in one of one thread.

@@ -143,7 +143,7 @@ multiversion! {
 
 multiversion! {
     /// `out = scale · exp(row − lse)`.
-    fn softmax_row(row: &[f32], lse: f32, scale: f32, out: &mut [f32]) => softmax_row_impl
+    pub(super) fn softmax_row(row: &[f32], lse: f32, scale: f32, out: &mut [f32]) => softmax_row_impl
 }
 
 multiversion! {

@@ -4,9 +4,9 @@
 //! Two kernels, chosen once per product by its shape ([`Kernel::for_product`]):
 //!
 //! - **tiles** (a CPU with AVX-512F, and a product with a dimension below [`SMALL`]: the shapes
-//!   of a small GPT's training step): no packing of `A` (a tile's elements are broadcast from a
-//!   row-major copy of each block of `A`'s columns, or straight from a transposed `A`, whose
-//!   tile rows already sit side by side) and none of `B` when its rows are contiguous (a `B` with
+//!   of a small GPT's training step): no packing of `A` (a tile's elements are broadcast from
+//!   `A` in place, or from a row-major copy of each block of its columns where its rows are a
+//!   multiple of 4 KiB apart) and none of `B` when its rows are contiguous (a `B` with
 //!   strided rows, such as the tied head's `wteᵀ`, is first copied row-major). A register tile
 //!   of 8 rows × 48 columns (24 accumulators of 16 lanes) runs over blocks of [`KC`] steps of
 //!   the inner dimension, so the `KC × 48` block of `B` it streams stays in the L1 cache while
@@ -166,11 +166,12 @@ mod avx512 {
             unsafe { row_major_copy(k, n, b, &mut copy) };
             (copy.as_ptr(), n as isize)
         };
-        // A row-major `A` goes through a contiguous copy of each block of its columns (a
-        // straight copy of every row's `KC` elements): the tile's 8 rows are then `KC` elements
-        // apart rather than a row of the tensor (at a multiple of 4 KiB they would all fall in
-        // one set of the L1 cache). A transposed `A` already holds a tile's rows side by side.
-        let copy_a = a.col_stride == 1 && m > MR;
+        // A row-major `A` whose rows are a multiple of 4 KiB apart goes through a contiguous
+        // copy of each block of its columns (a straight copy of every row's `KC` elements): the
+        // tile's 8 rows would otherwise all fall in one set of the L1 cache. At other strides
+        // the copy cost more than it saved (measured on the training shapes, 1.5 and 2 KiB
+        // strides included), and a transposed `A` already holds a tile's rows side by side.
+        let copy_a = a.col_stride == 1 && m > MR && a.row_stride % 1024 == 0;
         let mut block = if copy_a { vec![0.0f32; m * KC.min(k)] } else { Vec::new() };
         for pc in (0..k).step_by(KC) {
             let depth = KC.min(k - pc);

@@ -3,6 +3,8 @@
 //! f32 storage, vectorised for the CPU it runs on, with a hand-written autodiff backward node
 //! that keeps what the backward pass needs so nothing is recomputed as a graph.
 //!
+//! - [`attention`]: causal softmax attention, forward and backward, read from and written to
+//!   the fused projection's layout (see [`attention`](crate::attention));
 //! - [`cross_entropy`]: the loss over the vocabulary and the sampled labels of SophiaG's
 //!   refresh (see [`loss`](crate::loss));
 //! - [`gelu`]: GPT-2's tanh-approximated GELU (see [`activation`](crate::activation));
@@ -19,6 +21,7 @@
 //! `exp` is a Cephes-style polynomial (range reduction by `ln 2`, degree-6 minimax polynomial,
 //! relative error below 2e-7) that the compiler vectorises; work runs in parallel with rayon.
 
+pub(crate) mod attention;
 pub(crate) mod cross_entropy;
 pub(crate) mod gelu;
 mod gemm;
@@ -97,7 +100,8 @@ fn exp(x: f32) -> f32 {
     // Round to nearest through the float adder (1.5·2^23), which vectorises everywhere.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let k = (x * LOG2E + ROUND) - ROUND;
+    let shifted = x * LOG2E + ROUND;
+    let k = shifted - ROUND;
     let r = x - k * LN2_HI - k * LN2_LO;
     let p = 1.987_569_1e-4f32;
     let p = p * r + 1.398_199_9e-3;
@@ -106,6 +110,9 @@ fn exp(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 5.000_000_1e-1;
     let p = p * r * r + r + 1.0;
-    // Wrapping arithmetic: no overflow check in the way of vectorisation (|k| ≤ 127 here).
-    p * f32::from_bits((k as i32).wrapping_add(127).cast_unsigned().wrapping_shl(23))
+    // `k` as an integer is the difference of the low mantissa bits of `shifted` and `ROUND`
+    // (|k| ≤ 127): no float-to-int conversion, whose saturating semantics compiled to one
+    // lane at a time. Wrapping arithmetic: no overflow check in the way of vectorisation.
+    let k_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
+    p * f32::from_bits(k_bits.wrapping_add(127).wrapping_shl(23))
 }
