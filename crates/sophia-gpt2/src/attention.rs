@@ -1,5 +1,6 @@
 //! Causal self-attention in the Hugging Face GPT-2 layout, with the modern options of
-//! [`Gpt2Config`]: grouped-query attention, rotary position embeddings and QK-norm.
+//! [`Gpt2Config`]: grouped-query attention, rotary position embeddings and QK-norm. GPT-2's own
+//! attention goes through [`causal_attention_with`], one fused kernel each way on flex.
 
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Linear};
@@ -95,8 +96,8 @@ impl CausalSelfAttention {
 /// ```
 ///
 /// (Vaswani et al. 2017), with the implementation `kernels` asks for: Burn's tensor operations,
-/// or on flex one fused kernel forward and one backward that read the heads in place (see
-/// [`fused::attention`](crate::fused)).
+/// or on flex (this crate's `flex` feature) one fused kernel forward and one backward that read
+/// the heads in place from `qkv` and keep the probabilities for the backward pass.
 pub fn causal_attention_with(kernels: Kernels, qkv: Tensor<3>, heads: usize) -> Tensor<3> {
     #[cfg(feature = "flex")]
     if kernels == Kernels::Fused

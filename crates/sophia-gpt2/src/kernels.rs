@@ -2,13 +2,13 @@
 //! backend, or Burn's composed tensor operations (every backend, and the reference the fused
 //! kernels are tested against). The choice covers the matrix products of the linear layers and
 //! the LM head ([`product`](crate::product)), the LayerNorms ([`norm`](crate::norm)), the
-//! cross-entropy and the sampled labels ([`loss`](crate::loss)) and the GELU
-//! ([`activation`](crate::activation)).
+//! causal attention ([`attention`](crate::attention)), the cross-entropy and the sampled labels
+//! ([`loss`](crate::loss)) and the GELU ([`activation`](crate::activation)).
 
 use serde::{Deserialize, Serialize};
 
-/// Which implementation of the matrix products, the LayerNorms, the loss, the label sampling and
-/// the activation a model uses.
+/// Which implementation of the matrix products, the LayerNorms, the attention, the loss, the
+/// label sampling and the activation a model uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kernels {
