@@ -98,7 +98,13 @@ impl CausalSelfAttention {
 /// (Vaswani et al. 2017), with the implementation `kernels` asks for: Burn's tensor operations,
 /// or on flex (this crate's `flex` feature) one fused kernel forward and one backward that read
 /// the heads in place from `qkv` and keep the probabilities for the backward pass.
+///
+/// # Panics
+/// When `qkv`'s last dimension is not `3·heads·d` for a whole `d` (a shape bug of the caller,
+/// like Burn's own shape checks).
 pub fn causal_attention_with(kernels: Kernels, qkv: Tensor<3>, heads: usize) -> Tensor<3> {
+    let columns = qkv.dims()[2];
+    assert!(heads > 0 && columns % (3 * heads) == 0, "causal attention: qkv has {columns} columns, not 3 × {heads} heads × a head width");
     #[cfg(feature = "flex")]
     if kernels == Kernels::Fused
         && crate::fused::applies(&qkv)

@@ -423,6 +423,16 @@ fn the_fused_attention_does_not_depend_on_the_number_of_threads() {
     assert_same_on_one_two_and_three_threads("the attention or its gradient", || attention_and_grad(Kernels::Fused, &qkv, &g, 4));
 }
 
+/// A `qkv` whose width does not split into three times the heads is refused on both paths.
+#[test]
+fn causal_attention_refuses_a_qkv_that_does_not_split_into_heads() {
+    let qkv = Tensor::<3>::zeros([1, 4, 3 * 8 + 3], &device());
+    for kernels in [Kernels::Fused, Kernels::Composed] {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| causal_attention_with(kernels, qkv.clone(), 2)));
+        assert!(result.is_err(), "{kernels:?} accepted 27 columns for 2 heads");
+    }
+}
+
 /// A vocabulary of many chunks per group (the random shapes above have at most a few per
 /// group), with the logits recomputed (a narrow hidden state) and kept (a wider one).
 #[test]
