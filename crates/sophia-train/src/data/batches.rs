@@ -74,6 +74,19 @@ impl Batch {
         let tokens = rows * self.block_size;
         Batch { batch_size: rows, block_size: self.block_size, inputs: self.inputs[..tokens].to_vec(), targets: self.targets[..tokens].to_vec() }
     }
+
+    /// The batch's sequences in `shards` consecutive groups whose sizes differ by at most one
+    /// (shard `i` holds sequences `i·n/shards .. (i+1)·n/shards`), for `1 ≤ shards ≤ n`.
+    pub fn split(&self, shards: usize) -> Vec<Batch> {
+        assert!((1..=self.batch_size).contains(&shards), "{shards} shards of a batch of {} sequences", self.batch_size);
+        let bounds = |i: usize| i * self.batch_size / shards * self.block_size;
+        (0..shards)
+            .map(|i| {
+                let (start, end) = (bounds(i), bounds(i + 1));
+                Batch { batch_size: (end - start) / self.block_size, block_size: self.block_size, inputs: self.inputs[start..end].to_vec(), targets: self.targets[start..end].to_vec() }
+            })
+            .collect()
+    }
 }
 
 /// Draws batches of random windows. A batch is a pure function of `(seed, stream, index)`, so a

@@ -10,6 +10,7 @@ use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sophia_gpt2::{GenerateOptions, Gpt2, SampledLabels};
 use sophia_optim::{GlobalNormClip, GradNorm, Hutchinson, Refresh, WarmupCosineConfig, global_norm};
@@ -220,8 +221,8 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<TrainSummary,
         // Evaluation and samples.
         if done % config.eval_interval == 0 || done == config.max_steps {
             let eval_model = model.valid();
-            let val = mean_loss(&eval_model, &sampler, &val_tokens, STREAM_EVAL_VAL, config.eval_batches, &device)?;
-            let train_eval = mean_loss(&eval_model, &sampler, &train_tokens, STREAM_EVAL_TRAIN, config.eval_batches, &device)?;
+            let eval = |tokens, stream| mean_loss(&eval_model, &sampler, tokens, stream, config.eval_batches, config.shards(), &device);
+            let (val, train_eval) = (eval(&val_tokens, STREAM_EVAL_VAL)?, eval(&train_tokens, STREAM_EVAL_TRAIN)?);
             best_val = best_val.min(val);
             final_val = val;
             let entry = MetricRecord { train_loss: Some(train_eval), val_loss: Some(val), ..record("eval", done, tokens, elapsed(&clock), lr) };
@@ -314,13 +315,20 @@ pub fn tensors(batch: &Batch, device: &Device) -> (Tensor<2, Int>, Tensor<2, Int
     )
 }
 
-/// Mean loss of `model` over `batches` fixed batches of `stream`.
-fn mean_loss(model: &Gpt2, sampler: &BatchSampler, tokens: &TokenFile, stream: u64, batches: usize, device: &Device) -> Result<f64, TrainError> {
+/// Mean loss of `model` over `batches` fixed batches of `stream`, `concurrent` batches at a
+/// time (summed in order, so the mean does not depend on it).
+fn mean_loss(model: &Gpt2, sampler: &BatchSampler, tokens: &TokenFile, stream: u64, batches: usize, concurrent: usize, device: &Device) -> Result<f64, TrainError> {
     let device = device.clone().inner();
+    let loss = |index: u64| -> Result<f64, TrainError> {
+        let (inputs, targets) = tensors(&sampler.batch(tokens, stream, index), &device);
+        Ok(model.loss(inputs, targets)?.into_scalar::<f64>())
+    };
     let mut total = 0.0;
-    for index in 0..batches {
-        let (inputs, targets) = tensors(&sampler.batch(tokens, stream, index as u64), &device);
-        total += model.loss(inputs, targets)?.into_scalar::<f64>();
+    for first in (0..batches as u64).step_by(concurrent) {
+        let group = (first..(first + concurrent as u64).min(batches as u64)).into_par_iter().map(loss).collect::<Result<Vec<f64>, _>>()?;
+        for value in group {
+            total += value;
+        }
     }
     Ok(total / batches as f64)
 }
@@ -411,12 +419,14 @@ pub fn plot_run(run_dir: &Path, metrics_path: &Path) -> Result<(), TrainError> {
 }
 
 /// One training step as the loop runs it: forward and backward over the micro-batches (the
-/// loss averaged), global-norm clipping, and the optimizer's step, in which Sophia refreshes its
-/// Hessian from the run's estimator when its schedule says so.
+/// loss averaged; each micro-batch's shards concurrently), global-norm clipping, and the
+/// optimizer's step, in which Sophia refreshes its Hessian from the run's estimator when its
+/// schedule says so.
 pub struct TrainingStep {
     device: Device,
     clip: Option<GlobalNormClip>,
     grad_accum: usize,
+    shards: usize,
     optimizer: OptimizerConfig,
     seed: u64,
 }
@@ -448,7 +458,7 @@ impl TrainingStep {
     /// The step `config` describes, on `device` (with autodiff).
     pub fn new(config: &TrainConfig, device: &Device) -> Result<Self, TrainError> {
         let clip = (config.grad_clip > 0.0).then(|| GlobalNormClip::new(config.grad_clip)).transpose()?;
-        Ok(Self { device: device.clone(), clip, grad_accum: config.grad_accum, optimizer: config.optimizer.clone(), seed: config.seed })
+        Ok(Self { device: device.clone(), clip, grad_accum: config.grad_accum, shards: config.shards(), optimizer: config.optimizer.clone(), seed: config.seed })
     }
 
     /// The Hessian estimator of the run's Sophia (`None` for other optimizers): sampled-label
@@ -480,10 +490,8 @@ impl TrainingStep {
         let mut accumulator = GradientsAccumulator::new();
         let mut loss_sum = 0.0;
         for batch in micro_batches {
-            let (inputs, targets) = tensors(&batch, &self.device);
-            let loss = model.loss(inputs, targets)?.div_scalar(self.grad_accum as f64);
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            loss_sum += loss.into_scalar::<f64>();
+            let (loss, grads) = self.gradients(&model, &batch)?;
+            loss_sum += loss;
             accumulator.accumulate(&model, grads);
         }
         let (grads, norm) = match &self.clip {
@@ -507,5 +515,31 @@ impl TrainingStep {
             None => optimizer.step(lr, model, grads, estimator)?,
         };
         Ok(StepOutcome { model, loss: loss_sum, norm, non_finite, gradient_secs })
+    }
+
+    /// `model`'s loss on the micro-batch `batch` divided by the micro-batches per step, and its
+    /// gradients: the batch's shards (`shards`) concurrently, each shard's mean loss weighted by
+    /// its share of the sequences and the gradients summed in shard order.
+    pub fn gradients(&self, model: &Gpt2, batch: &Batch) -> Result<(f64, GradientsParams), TrainError> {
+        let pass = |model: &Gpt2, shard: &Batch| -> Result<(f64, GradientsParams), TrainError> {
+            let (inputs, targets) = tensors(shard, &self.device);
+            let divisor = (batch.batch_size * self.grad_accum) as f64 / shard.batch_size as f64;
+            let loss = model.loss(inputs, targets)?.div_scalar(divisor);
+            let grads = GradientsParams::from_grads(loss.backward(), model);
+            Ok((loss.into_scalar::<f64>(), grads))
+        };
+        let passes = match batch.split(self.shards).as_slice() {
+            [whole] => return pass(model, whole),
+            // Each pass on its own autodiff leaves of the same parameters (`fork`: the same
+            // storage, new graph nodes): Burn keeps graphs that share a node under one lock.
+            shards => shards.par_iter().map(|shard| pass(&model.clone().fork(&self.device), shard)).collect::<Vec<_>>(),
+        };
+        let (mut loss, mut accumulator) = (0.0, GradientsAccumulator::new());
+        for result in passes {
+            let (shard_loss, grads) = result?;
+            loss += shard_loss;
+            accumulator.accumulate(model, grads);
+        }
+        Ok((loss, accumulator.grads()))
     }
 }
