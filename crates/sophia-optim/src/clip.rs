@@ -8,6 +8,10 @@
 //! scale = min(1, max_norm / (total + 1e-6))
 //! g ← g · scale
 //! ```
+//!
+//! On flex (feature `flex`) each tensor's `Σ g²` is one pass over its elements summed in f64
+//! ([`GlobalNormClip::with_fused`]); elsewhere it is Burn's `square().sum()` in the tensor's
+//! precision, all of them read back in one transfer. The two agree to f32 rounding.
 
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
@@ -19,6 +23,7 @@ use crate::error::{ConfigError, Validator};
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GlobalNormClip {
     max_norm: f64,
+    fused: bool,
 }
 
 /// What one clip saw and did, for logging.
@@ -45,7 +50,14 @@ impl GlobalNormClip {
     /// Clip to at most `max_norm` (a finite number > 0).
     pub fn new(max_norm: f64) -> Result<Self, ConfigError> {
         Validator::new("GlobalNormClip").positive("max_norm", max_norm)?;
-        Ok(Self { max_norm })
+        Ok(Self { max_norm, fused: true })
+    }
+
+    /// `false`: Burn's tensor operations for the sums of squares on every backend (the
+    /// reference the one-pass sums are tested against); `true` (the default): one pass per
+    /// tensor on flex.
+    pub fn with_fused(self, fused: bool) -> Self {
+        Self { fused, ..self }
     }
 
     /// The configured maximum norm.
@@ -60,7 +72,7 @@ impl GlobalNormClip {
     /// A non-finite norm (a NaN or Inf gradient) leaves the gradients as they are; check
     /// [`GradNorm::is_finite`] and skip the step.
     pub fn clip<M: Module>(&self, module: &M, mut grads: GradientsParams) -> (GradientsParams, GradNorm) {
-        let norm = global_norm(module, &grads);
+        let norm = norm_of(module, &grads, self.fused);
         let scale = if norm.total_norm.is_finite() {
             (self.max_norm / (norm.total_norm + 1e-6)).min(1.0)
         } else {
@@ -75,29 +87,46 @@ impl GlobalNormClip {
 
 /// The global L2 norm of `grads` over `module`'s parameters, without changing them.
 pub fn global_norm<M: Module>(module: &M, grads: &GradientsParams) -> GradNorm {
-    let mut squares = SumSquares { grads, ids: Vec::new(), sums: Vec::new() };
+    norm_of(module, grads, true)
+}
+
+fn norm_of<M: Module>(module: &M, grads: &GradientsParams, fused: bool) -> GradNorm {
+    let mut squares = SumSquares { grads, fused, ids: Vec::new(), sums: Vec::new() };
     module.visit(&mut squares);
-    let sums: Vec<f64> = if squares.sums.is_empty() {
-        Vec::new()
-    } else {
-        Tensor::cat(squares.sums, 0).into_data().iter::<f64>().collect()
-    };
+    // The sums still on the device, read back in one transfer.
+    let pending: Vec<Tensor<1>> = squares.sums.iter().filter_map(|sum| if let SquareSum::OnDevice(t) = sum { Some(t.clone()) } else { None }).collect();
+    let mut read = if pending.is_empty() { Vec::new() } else { Tensor::cat(pending, 0).into_data().iter::<f64>().collect() }.into_iter();
+    let sums: Vec<f64> = squares.sums.into_iter().map(|sum| if let SquareSum::Read(value) = sum { value } else { read.next().expect("one value per pending sum") }).collect();
     let total_norm = sums.iter().sum::<f64>().sqrt();
     let per_tensor = squares.ids.into_iter().zip(sums.iter().map(|s| s.sqrt())).collect();
     GradNorm { total_norm, per_tensor, scale: 1.0, clipped: false }
 }
 
+/// One tensor's `Σ g²`: read on the host already, or a scalar tensor on the device.
+enum SquareSum {
+    #[cfg_attr(not(feature = "flex"), allow(dead_code))]
+    Read(f64),
+    OnDevice(Tensor<1>),
+}
+
 struct SumSquares<'a> {
     grads: &'a GradientsParams,
+    #[cfg_attr(not(feature = "flex"), allow(dead_code))]
+    fused: bool,
     ids: Vec<ParamId>,
-    sums: Vec<Tensor<1>>,
+    sums: Vec<SquareSum>,
 }
 
 impl ModuleVisitor for SumSquares<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if let Some(grad) = self.grads.get::<D>(param.id) {
             self.ids.push(param.id);
-            self.sums.push(grad.square().sum());
+            #[cfg(feature = "flex")]
+            if let Some(sum) = self.fused.then(|| crate::fused::sum_of_squares(&grad)).flatten() {
+                self.sums.push(SquareSum::Read(sum));
+                return;
+            }
+            self.sums.push(SquareSum::OnDevice(grad.square().sum()));
         }
     }
 }

@@ -301,3 +301,29 @@ fn lion_loop(u: &LionUpdate, decay: impl Decay, theta: &mut [f32], m: &mut [f32]
         *theta = decay.apply(*theta) - direction * u.lr;
     }
 }
+
+/// `Σ x²` over a tensor's elements for global-norm clipping, in one pass without a temporary:
+/// each chunk of [`CHUNK`] elements summed in f64 (eight partial sums), the chunks added in
+/// order, so the result does not depend on the number of threads. `None` where the one-pass
+/// kernels do not serve the tensor (see [`applies`]).
+pub(crate) fn sum_of_squares<const D: usize>(tensor: &Tensor<D>) -> Option<f64> {
+    if !applies(&[tensor]) {
+        return None;
+    }
+    let flex = primitive(tensor.clone());
+    let chunks: Vec<f64> = elements(&flex).par_chunks(CHUNK).map(sum_of_squares_chunk).collect();
+    Some(chunks.into_iter().sum())
+}
+
+/// One chunk of [`sum_of_squares`] (compiled here, where it vectorises, as [`adamw_chunk`]).
+fn sum_of_squares_chunk(values: &[f32]) -> f64 {
+    let mut lanes = [0.0f64; 8];
+    let mut blocks = values.chunks_exact(8);
+    for block in &mut blocks {
+        for (lane, &x) in lanes.iter_mut().zip(block) {
+            *lane += f64::from(x) * f64::from(x);
+        }
+    }
+    let tail: f64 = blocks.remainder().iter().map(|&x| f64::from(x) * f64::from(x)).sum();
+    lanes.iter().sum::<f64>() + tail
+}

@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use sophia_golden::RecordedState;
 use std::convert::Infallible;
 
-use sophia_optim::{AdamWConfig, EstimateFn, LionConfig, Refresh, SophiaGConfig, SophiaHConfig, SophiaOptimizer, TigerConfig};
+use sophia_optim::{AdamWConfig, EstimateFn, GlobalNormClip, LionConfig, Refresh, SophiaGConfig, SophiaHConfig, SophiaOptimizer, TigerConfig};
 
 #[derive(Module, Debug)]
 struct Matrix {
@@ -82,6 +82,28 @@ proptest! {
         prop_assert_eq!(sophia_run(g(true), rows, cols, seed), sophia_run(g(false), rows, cols, seed), "SophiaG");
         let h = |fused| SophiaHConfig::new().with_hessian_interval(2).with_fused(fused).try_init().unwrap();
         prop_assert_eq!(sophia_run(h(true), rows, cols, seed), sophia_run(h(false), rows, cols, seed), "SophiaH");
+    }
+
+    /// Global-norm clipping's one-pass sums of squares (f64 per chunk) against Burn's f32
+    /// `square().sum()`: the norm to f32 rounding, the clipped gradient to the scale's rounding,
+    /// and the same bits on 1 and 3 threads (several chunks when `cols` is 700).
+    #[test]
+    fn fused_clipping_matches_the_composed_one(rows in 1usize..70, cols in prop_oneof![1usize..40, Just(700usize)], seed in 0u64..1000, max_norm in prop_oneof![Just(0.5), Just(1e6)]) {
+        let module = initial(rows, cols, seed);
+        let g = gradient(rows, cols, seed, 2);
+        let clip = |fused: bool| {
+            let (grads, norm) = GlobalNormClip::new(max_norm).unwrap().with_fused(fused).clip(&module, grads_of(&module, g.clone()));
+            (grads.get::<2>(module.w.id).unwrap().into_data().try_to_vec::<f32>().unwrap(), norm)
+        };
+        let ((fused, fused_norm), (composed, composed_norm)) = (clip(true), clip(false));
+        prop_assert!((fused_norm.total_norm - composed_norm.total_norm).abs() <= 1e-5 * composed_norm.total_norm, "{} vs {}", fused_norm.total_norm, composed_norm.total_norm);
+        prop_assert_eq!(fused_norm.clipped, composed_norm.clipped);
+        let largest = composed.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        for (a, b) in fused.iter().zip(&composed) {
+            prop_assert!((a - b).abs() <= 1e-5 * largest, "{} vs {}", a, b);
+        }
+        let on = |threads: usize| rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(|| clip(true).1.total_norm.to_bits());
+        prop_assert_eq!(on(1), on(3));
     }
 
     #[test]

@@ -431,11 +431,11 @@ struct ClipCase {
 fn golden_clip_global_norm() {
     let golden: ClipFile = load("clip_global_norm.json");
     assert!(!golden.cases.is_empty());
-    for case in &golden.cases {
-        let what = format!("clip case `{}`", case.name);
+    for (case, fused) in golden.cases.iter().flat_map(|case| [(case, true), (case, false)]) {
+        let what = format!("clip case `{}` (fused {fused})", case.name);
         // The parameters' values do not matter; their shapes and ids do.
         let params = CaseTensors::new(&case.grads);
-        let clip = GlobalNormClip::new(case.max_norm).unwrap();
+        let clip = GlobalNormClip::new(case.max_norm).unwrap().with_fused(fused);
         let (grads, norm) = clip.clip(&params.module, params.grads(&case.grads));
         CLIP_TOL.assert_scalar(&format!("{what}: total_norm"), norm.total_norm, case.total_norm);
         CLIP_TOL.assert_scalar(&format!("{what}: scale"), norm.scale, case.scale);
