@@ -83,7 +83,7 @@ impl CausalSelfAttention {
         }
         let groups = self.n_head / self.n_kv_head;
         let (k, v) = (repeat_kv(k, groups), repeat_kv(v, groups));
-        merge_heads(attend(q, k, v, self.precision, &self.attn_dropout))
+        merge_heads(attend(q, k, v, self.precision, Some(&self.attn_dropout)))
     }
 }
 
@@ -114,7 +114,7 @@ pub fn causal_attention_with(kernels: Kernels, qkv: Tensor<3>, heads: usize) -> 
     }
     let _ = kernels;
     let (q, k, v) = split_heads(qkv, heads, heads);
-    merge_heads(attend(q, k, v, Precision::F32, &DropoutConfig::new(0.0).init()))
+    merge_heads(attend(q, k, v, Precision::F32, None))
 }
 
 /// `qkv` `[batch, seq, (heads + 2·kv_heads)·d]` → `q` `[batch, heads, seq, d]`, `k` and `v`
@@ -137,13 +137,17 @@ fn merge_heads(y: Tensor<4>) -> Tensor<3> {
     y.swap_dims(1, 2).reshape([batch, seq, heads * head_dim])
 }
 
-/// `softmax(q·kᵀ/√d + M)·v` per head, the probabilities through `dropout`.
-fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, precision: Precision, dropout: &Dropout) -> Tensor<4> {
+/// `softmax(q·kᵀ/√d + M)·v` per head, the probabilities through `dropout` where there is one.
+fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, precision: Precision, dropout: Option<&Dropout>) -> Tensor<4> {
     let [batch, heads, seq, head_dim] = q.dims();
     let scores = precision.matmul(q, k.swap_dims(2, 3)).div_scalar((head_dim as f64).sqrt());
     let future = causal_mask(seq, &scores.device()).unsqueeze::<4>().expand([batch, heads, seq, seq]);
     let weights = softmax(scores.mask_fill(future, f32::NEG_INFINITY), 3);
-    precision.matmul(dropout.forward(weights), v)
+    let weights = match dropout {
+        Some(dropout) => dropout.forward(weights),
+        None => weights,
+    };
+    precision.matmul(weights, v)
 }
 
 /// `true` where a key position lies in the future of the query position (`key > query`).

@@ -81,9 +81,10 @@ struct Sizes {
 }
 
 impl Sizes {
+    /// `qkv`'s sizes; [`causal_attention_with`](crate::attention::causal_attention_with), the
+    /// only way in, has checked that its width is `3·heads·d`.
     fn of(qkv: &FlexTensor, heads: usize) -> Self {
         let [batch, seq, three] = qkv.shape().dims();
-        assert!(three % 3 == 0 && (three / 3) % heads == 0, "qkv [batch, seq, 3·C] with C a multiple of the {heads} heads, got {three} columns");
         let width = three / 3;
         Self { batch, seq, heads, width, head_dim: width / heads }
     }
