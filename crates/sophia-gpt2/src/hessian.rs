@@ -8,8 +8,8 @@
 //!
 //! Labels are drawn by inverse transform sampling on detached logits: one uniform `u` per
 //! position, the label is the first token whose cumulative probability exceeds `u` (an exact
-//! sample of the categorical distribution; see [`loss`](crate::loss), which fuses it into one
-//! scan per row on the CPU). The uniforms are drawn on the host from `(seed, draw)`, so the same
+//! sample of the categorical distribution; see [`loss`](crate::loss), which on the CPU draws it
+//! inside the LM head's fused loss, from logits computed once). The uniforms are drawn on the host from `(seed, draw)`, so the same
 //! draw gives the same labels on every backend and after a resume, whichever thread draws.
 //!
 //! **Dropout**: the step runs the model as it is given. A model in training mode with
@@ -18,7 +18,7 @@
 //! inference copies for a dropout-free estimate. GPT-2 pre-training uses `dropout = 0`.
 
 use burn::optim::GradientsParams;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sophia_optim::{HessianEstimator, Refresh, draw_seed};
@@ -59,16 +59,23 @@ impl SampledLabelHessian {
     /// same uniforms either way).
     pub fn sample_labels_with(&self, kernels: Kernels, logits: Tensor<3>, draw: u64) -> Tensor<2, Int> {
         let [batch, seq, _] = logits.dims();
+        let uniforms = self.uniforms([batch, seq], draw, &logits.device());
+        sample_labels_with(kernels, logits, uniforms)
+    }
+
+    /// The uniforms `[batch, seq]` of draw number `draw`, on `device`'s inner device: one per
+    /// position, drawn on the host.
+    pub fn uniforms(&self, [batch, seq]: [usize; 2], draw: u64, device: &Device) -> Tensor<2> {
         let mut rng = ChaCha8Rng::seed_from_u64(draw_seed(self.seed, draw));
         let uniforms: Vec<f32> = (0..batch * seq).map(|_| rng.random::<f32>()).collect();
-        let uniforms = Tensor::<2>::from_data(TensorData::new(uniforms, [batch, seq]), &logits.device().inner());
-        sample_labels_with(kernels, logits, uniforms)
+        Tensor::<2>::from_data(TensorData::new(uniforms, [batch, seq]), &device.clone().inner())
     }
 
     /// `ĝ`: the gradient of the mean cross-entropy of `model` on `inputs` `[batch, seq]`
     /// against labels sampled from the model itself. The model's weights are not changed.
     pub fn gradients(&self, model: &Gpt2, inputs: Tensor<2, Int>, draw: u64) -> Result<SampledLabelGradients, ModelError> {
-        let (loss, labels) = model.loss_on_drawn_labels(inputs, |logits| self.sample_labels_with(model.kernels(), logits, draw))?;
+        let uniforms = self.uniforms(inputs.dims(), draw, &inputs.device());
+        let (loss, labels) = model.loss_on_sampled_labels(inputs, uniforms)?;
         let grads = GradientsParams::from_grads(loss.clone().backward(), model);
         Ok(SampledLabelGradients { grads, labels, loss: loss.detach() })
     }

@@ -64,6 +64,27 @@ pub fn linear_cross_entropy_with(kernels: Kernels, x: Tensor<2>, weight: Tensor<
     cross_entropy_with(kernels, logits.unsqueeze::<3>(), targets.unsqueeze::<2>())
 }
 
+/// Labels `[rows]` drawn from `softmax(x · weightᵀ)` with `uniforms` `[rows]` (as
+/// [`sample_labels_with`]), and the mean cross-entropy of those logits against them (as
+/// [`linear_cross_entropy_with`]): the loss of SophiaG's refresh, `(loss, labels)`. The labels are
+/// drawn from detached logits; the loss is differentiated as usual.
+///
+/// Fused (flex), one kernel computes the logits once, draws each row's label from them and takes
+/// the loss (see `fused::linear_cross_entropy`); composed (and fused where the whole logits
+/// exceed 256 MiB), the head's product, the draw and [`linear_cross_entropy_with`].
+pub fn linear_cross_entropy_on_sampled_labels(kernels: Kernels, x: Tensor<2>, weight: Tensor<2>, uniforms: Tensor<1>) -> (Tensor<1>, Tensor<1, Int>) {
+    #[cfg(feature = "flex")]
+    if kernels == Kernels::Fused && crate::fused::applies(&x) && crate::fused::applies(&weight) {
+        if let Some(drawn) = crate::fused::linear_cross_entropy::linear_cross_entropy_on_sampled_labels(x.clone(), weight.clone(), uniforms.clone()) {
+            return drawn;
+        }
+    }
+    let [rows, _] = x.dims();
+    let logits = product_with(kernels, x.clone().detach(), weight.clone().detach().transpose());
+    let labels = sample_labels_with(kernels, logits.unsqueeze::<3>(), uniforms.unsqueeze::<2>()).reshape([rows]);
+    (linear_cross_entropy_with(kernels, x, weight, labels.clone()), labels)
+}
+
 /// Labels `[batch, seq]` drawn from `softmax(logits)` (`[batch, seq, vocab]`, not
 /// differentiated) by inverse transform sampling with one uniform per position (`uniforms`
 /// `[batch, seq]`, in `[0, 1)`).

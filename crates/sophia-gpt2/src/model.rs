@@ -15,7 +15,7 @@ use crate::config::Gpt2Config;
 use crate::error::ModelError;
 use crate::init::ParamInit;
 use crate::Kernels;
-use crate::loss::{cross_entropy_with, linear_cross_entropy_with};
+use crate::loss::{cross_entropy_with, linear_cross_entropy_on_sampled_labels, linear_cross_entropy_with, sample_labels_with};
 use crate::mlp::Mlp;
 use crate::norm::layer_norm_with;
 use crate::precision::Precision;
@@ -161,20 +161,19 @@ impl Gpt2 {
     }
 
     /// The loss against labels the model draws from its own predictions (SophiaG's sampled-label
-    /// refresh): `draw` receives the logits `[batch, seq, vocab_size]` (not differentiated) and
-    /// returns labels `[batch, seq]`; the loss is [`loss`](Self::loss) against them, its LM head
-    /// and cross-entropy one operation where `loss`'s are. Returns the loss and the labels.
-    pub fn loss_on_drawn_labels(&self, ids: Tensor<2, Int>, draw: impl FnOnce(Tensor<3>) -> Tensor<2, Int>) -> Result<(Tensor<1>, Tensor<2, Int>), ModelError> {
+    /// refresh): one label per position from `softmax(logits)` by inverse transform sampling with
+    /// `uniforms` `[batch, seq]` (in `[0, 1)`, on the inner device), then [`loss`](Self::loss)
+    /// against them. Where `loss`'s LM head and cross-entropy are one operation, the draw is in
+    /// it too: the logits are computed once. Returns the loss and the labels `[batch, seq]`.
+    pub fn loss_on_sampled_labels(&self, ids: Tensor<2, Int>, uniforms: Tensor<2>) -> Result<(Tensor<1>, Tensor<2, Int>), ModelError> {
         let [batch, seq] = ids.dims();
         if self.head_and_loss_together() {
             let (x, head) = (self.hidden(ids)?, self.head());
-            let logits = self.precision.product(self.kernels, x.clone().detach(), head.clone().detach().transpose());
-            let labels = draw(logits.reshape([batch, seq, self.config.vocab_size]));
-            let loss = linear_cross_entropy_with(self.kernels, x, head, labels.clone().reshape([batch * seq]));
-            return Ok((loss, labels));
+            let (loss, labels) = linear_cross_entropy_on_sampled_labels(self.kernels, x, head, uniforms.reshape([batch * seq]));
+            return Ok((loss, labels.reshape([batch, seq])));
         }
         let logits = self.forward(ids)?;
-        let labels = draw(logits.clone().detach());
+        let labels = sample_labels_with(self.kernels, logits.clone(), uniforms);
         Ok((cross_entropy_with(self.kernels, logits, labels.clone()), labels))
     }
 

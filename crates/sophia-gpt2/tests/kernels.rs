@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use sophia_gpt2::Kernels;
 use sophia_gpt2::activation::gelu_with;
 use sophia_gpt2::attention::causal_attention_with;
-use sophia_gpt2::loss::{cross_entropy_with, linear_cross_entropy_with, sample_labels_with};
+use sophia_gpt2::loss::{cross_entropy_with, linear_cross_entropy_on_sampled_labels, linear_cross_entropy_with, sample_labels_with};
 use sophia_gpt2::norm::layer_norm_with;
 use sophia_gpt2::product::product_with;
 
@@ -75,6 +75,17 @@ fn linear_loss_and_grads(kernels: Kernels, x: &Tensor<2>, weight: &Tensor<2>, ta
     (value, [values(x.grad(&grads).expect("a leaf")), values(weight.grad(&grads).expect("a leaf"))])
 }
 
+/// Labels drawn from `softmax(x·Wᵀ)` with `uniforms` inside the refresh's loss under `kernels`,
+/// the loss against them and its gradients `∂x`, `∂W`.
+fn sampled_linear_loss_and_grads(kernels: Kernels, x: &Tensor<2>, weight: &Tensor<2>, uniforms: &Tensor<1>) -> (Vec<i64>, f64, [Vec<f32>; 2]) {
+    let (x, weight) = (x.clone().inner().autodiff().require_grad(), weight.clone().inner().autodiff().require_grad());
+    let (loss, labels) = linear_cross_entropy_on_sampled_labels(kernels, x.clone(), weight.clone(), uniforms.clone());
+    let value = loss.clone().into_scalar::<f64>();
+    let grads = loss.backward();
+    let labels = labels.into_data().convert::<i64>().try_to_vec::<i64>().unwrap();
+    (labels, value, [values(x.grad(&grads).expect("a leaf")), values(weight.grad(&grads).expect("a leaf"))])
+}
+
 /// The mean cross-entropy of `x·Wᵀ` (`x` `[rows, C]`, `W` `[vocab, C]`) in f64, and per
 /// element of `∂x` and `∂W` the exact value and the sum of its terms' magnitudes.
 fn reference_linear_cross_entropy(x: &[f32], w: &[f32], targets: &[i64], rows: usize, width: usize) -> (f64, [Vec<(f64, f64)>; 2]) {
@@ -104,25 +115,75 @@ fn reference_linear_cross_entropy(x: &[f32], w: &[f32], targets: &[i64], rows: u
 /// The loss, `∂x` and `∂W` of the linear cross-entropy under both implementations against the
 /// f64 reference; the first value outside the rounding bound as the error.
 fn linear_cross_entropy_matches_the_reference(x: &Tensor<2>, weight: &Tensor<2>, targets: &Tensor<1, Int>) -> Result<(), String> {
-    let [rows, width] = x.dims();
     let t = targets.clone().into_data().convert::<i64>().try_to_vec::<i64>().unwrap();
-    let (exact, want) = reference_linear_cross_entropy(&values(x.clone()), &values(weight.clone()), &t, rows, width);
     for kernels in [Kernels::Fused, Kernels::Composed] {
         let (loss, got) = linear_loss_and_grads(kernels, x, weight, targets);
-        if (loss - exact).abs() > 1e-5 * (1.0 + exact.abs()) {
-            return Err(format!("{kernels:?} loss {loss}, exact {exact}"));
+        loss_and_grads_match_the_reference(&format!("{kernels:?}"), x, weight, &t, loss, &got)?;
+    }
+    Ok(())
+}
+
+/// One result of the linear cross-entropy against targets `t`, its loss and `∂x`, `∂W`, against
+/// the f64 reference; the first value outside the rounding bound as the error.
+fn loss_and_grads_match_the_reference(what: &str, x: &Tensor<2>, weight: &Tensor<2>, t: &[i64], loss: f64, got: &[Vec<f32>; 2]) -> Result<(), String> {
+    let [rows, width] = x.dims();
+    let (exact, want) = reference_linear_cross_entropy(&values(x.clone()), &values(weight.clone()), t, rows, width);
+    if (loss - exact).abs() > 1e-5 * (1.0 + exact.abs()) {
+        return Err(format!("{what} loss {loss}, exact {exact}"));
+    }
+    for (grad, (got, want)) in ["∂x", "∂W"].iter().zip(got.iter().zip(&want)) {
+        if got.len() != want.len() {
+            return Err(format!("{what} {grad}: {} elements, expected {}", got.len(), want.len()));
         }
-        for (what, (got, want)) in ["∂x", "∂W"].iter().zip(got.iter().zip(&want)) {
-            if got.len() != want.len() {
-                return Err(format!("{kernels:?} {what}: {} elements, expected {}", got.len(), want.len()));
+        for (i, (&got, &(exact, magnitude))) in got.iter().zip(want).enumerate() {
+            // Each probability is known to a few ulps of the logits' size (|logit| ≲ 5 here),
+            // and the sum over the vocabulary or the rows adds its own rounding.
+            if (got as f64 - exact).abs() > 1e-5 * magnitude + 1e-7 / rows as f64 {
+                return Err(format!("{what} {grad}[{i}] = {got}, exact {exact}"));
             }
-            for (i, (&got, &(exact, magnitude))) in got.iter().zip(want).enumerate() {
-                // Each probability is known to a few ulps of the logits' size (|logit| ≲ 5 here),
-                // and the sum over the vocabulary or the rows adds its own rounding.
-                if (got as f64 - exact).abs() > 1e-5 * magnitude + 1e-7 / rows as f64 {
-                    return Err(format!("{kernels:?} {what}[{i}] = {got}, exact {exact}"));
-                }
+        }
+    }
+    Ok(())
+}
+
+/// The refresh's loss with labels drawn inside it, under both implementations: every label is
+/// where its uniform falls in the f64 cumulative distribution of its row (within rounding of a
+/// boundary), the two implementations draw the same labels but at such boundaries, and the loss
+/// and gradients match the f64 reference on the labels drawn.
+fn sampled_linear_cross_entropy_matches_the_reference(x: &Tensor<2>, weight: &Tensor<2>, uniforms: &Tensor<1>) -> Result<(), String> {
+    let [rows, width] = x.dims();
+    let (xs, ws, u) = (values(x.clone()), values(weight.clone()), values(uniforms.clone()));
+    // Per row the f64 cumulative probabilities.
+    let cdfs: Vec<Vec<f64>> = (0..rows)
+        .map(|i| {
+            let logits: Vec<f64> = ws.chunks_exact(width).map(|w| xs[i * width..(i + 1) * width].iter().zip(w).map(|(&a, &b)| a as f64 * b as f64).sum()).collect();
+            let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let total: f64 = logits.iter().map(|l| (l - max).exp()).sum();
+            logits.iter().scan(0.0, |acc, l| {
+                *acc += (l - max).exp() / total;
+                Some(*acc)
+            }).collect()
+        })
+        .collect();
+    let mut drawn = Vec::new();
+    for kernels in [Kernels::Fused, Kernels::Composed] {
+        let (labels, loss, got) = sampled_linear_loss_and_grads(kernels, x, weight, uniforms);
+        for (i, &label) in labels.iter().enumerate() {
+            let cdf = &cdfs[i];
+            let label = usize::try_from(label).ok().filter(|&l| l < cdf.len()).ok_or(format!("{kernels:?} row {i}: label {label} outside the vocabulary"))?;
+            let (below, upto) = (if label == 0 { 0.0 } else { cdf[label - 1] }, cdf[label]);
+            let u = u[i] as f64;
+            if u < below - 1e-5 || (u > upto + 1e-5 && label + 1 < cdf.len()) {
+                return Err(format!("{kernels:?} row {i}: label {label} covers [{below}, {upto}], the uniform is {u}"));
             }
+        }
+        loss_and_grads_match_the_reference(&format!("{kernels:?} on its drawn labels"), x, weight, &labels, loss, &got)?;
+        drawn.push(labels);
+    }
+    for (i, (&f, &c)) in drawn[0].iter().zip(&drawn[1]).enumerate().filter(|(_, (f, c))| f != c) {
+        let boundary = cdfs[i][f.min(c) as usize];
+        if (u[i] as f64 - boundary).abs() > 1e-5 {
+            return Err(format!("row {i}: fused label {f}, composed {c}, the uniform {} is not at the boundary {boundary}", u[i]));
         }
     }
     Ok(())
@@ -321,6 +382,19 @@ proptest! {
     }
 
     #[test]
+    fn labels_drawn_inside_the_linear_cross_entropy_follow_the_logits(rows in 1usize..300, width in prop_oneof![1usize..48, 128usize..140], vocab in 1usize..3000, seed in 0u64..1000, x_layout in 0u8..3, w_layout in 0u8..3) {
+        let device = device();
+        device.seed(seed);
+        let x = weight_laid_out(x_layout, [rows, width], &device);
+        // Logits of order one to a few: the labels spread over the vocabulary.
+        let weight = weight_laid_out(w_layout, [vocab, width], &device).mul_scalar(2.0 / (width as f64).sqrt());
+        let uniforms = Tensor::<1>::random([rows], Distribution::Uniform(0.0, 1.0), &device);
+        if let Err(message) = sampled_linear_cross_entropy_matches_the_reference(&x, &weight, &uniforms) {
+            prop_assert!(false, "{}", message);
+        }
+    }
+
+    #[test]
     fn fused_labels_equal_the_composed_ones(rows in 1usize..64, vocab in 1usize..200, seed in 0u64..1000) {
         let device = device();
         device.seed(seed);
@@ -439,6 +513,21 @@ fn causal_attention_refuses_a_qkv_that_does_not_split_into_heads() {
 fn the_linear_cross_entropy_over_many_chunks_matches_an_f64_reference() {
     for (x, weight, targets) in linear_cases(12, 500, 17001, [16, 130]) {
         linear_cross_entropy_matches_the_reference(&x, &weight, &targets).unwrap();
+    }
+}
+
+/// Labels drawn inside the linear cross-entropy over many chunks per group, from a narrow and a
+/// wide hidden state, and the same labels, loss and gradients on one, two and three threads.
+#[test]
+fn labels_drawn_inside_the_linear_cross_entropy_over_many_chunks() {
+    for (x, weight, _) in linear_cases(13, 300, 17001, [16, 130]) {
+        let uniforms = Tensor::<1>::random([300], Distribution::Uniform(0.0, 1.0), &device());
+        let weight = weight.mul_scalar(2.0);
+        sampled_linear_cross_entropy_matches_the_reference(&x, &weight, &uniforms).unwrap();
+        assert_same_on_one_two_and_three_threads("the drawn labels, the loss or its gradients", || {
+            let (labels, loss, grads) = sampled_linear_loss_and_grads(Kernels::Fused, &x, &weight, &uniforms);
+            (labels, loss.to_bits(), grads)
+        });
     }
 }
 

@@ -167,24 +167,20 @@ fn bf16_products_keep_f32_weights_and_gradients_close_to_f32() {
 }
 
 /// The refresh's loss on labels drawn from the model's own logits is the model's loss on those
-/// labels, value and gradients, whichever kernels compute it: the drawing sees the same logits
-/// `forward` gives.
+/// labels, value and gradients, whichever kernels compute it, and the labels are those drawn from
+/// the logits `forward` gives with the same uniforms (the fused kernel draws them inside the LM
+/// head's loss).
 #[test]
-fn the_loss_on_drawn_labels_is_the_loss_on_those_labels() {
+fn the_loss_on_sampled_labels_is_the_loss_on_those_labels() {
     let device = Device::flex().autodiff();
     for kernels in [sophia_gpt2::Kernels::Fused, sophia_gpt2::Kernels::Composed] {
         let model = Gpt2::new(&tiny(), &device, 3).unwrap().with_kernels(kernels);
         let ids = tokens(&sequence(), &device);
         let sampler = SampledLabelHessian::new(9);
-        let mut seen = None;
-        let (loss, labels) = model
-            .loss_on_drawn_labels(ids.clone(), |logits| {
-                seen = Some(logits.clone().into_data());
-                sampler.sample_labels(logits, 1)
-            })
-            .unwrap();
-        let forward = model.forward(ids.clone()).unwrap().into_data();
-        seen.unwrap().assert_approx_eq::<f32>(&forward, burn::tensor::Tolerance::absolute(1e-6));
+        let uniforms = sampler.uniforms(ids.dims(), 1, &device);
+        let (loss, labels) = model.loss_on_sampled_labels(ids.clone(), uniforms).unwrap();
+        let from_forward = sampler.sample_labels_with(kernels, model.forward(ids.clone()).unwrap(), 1);
+        assert_eq!(labels.clone().into_data(), from_forward.into_data(), "{kernels:?}: labels");
         let direct = model.loss(ids, labels).unwrap();
         let value = |l: &Tensor<1>| l.clone().into_scalar::<f64>();
         assert!((value(&loss) - value(&direct)).abs() < 1e-6, "{kernels:?}: {} vs {}", value(&loss), value(&direct));

@@ -51,7 +51,7 @@ pub(crate) fn sample_labels(logits: Tensor<2>, uniforms: Tensor<1>) -> Tensor<1,
         .zip(u.par_iter())
         .map(|(row, &u)| {
             let (max, sum) = max_and_sum_exp(row);
-            inverse_cdf(row, max, u * sum) as i64
+            inverse_cdf(row, max, u * sum, &mut 0.0).unwrap_or(vocab - 1) as i64
         })
         .collect();
     Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(labels, [rows])))
@@ -147,8 +147,10 @@ multiversion! {
 }
 
 multiversion! {
-    /// The first index whose cumulative `exp(x − max)` exceeds `target` (the last one if none).
-    fn inverse_cdf(row: &[f32], max: f32, target: f32) -> usize => inverse_cdf_impl
+    /// The first index whose cumulative `exp(x − max)`, counted on from `acc`, exceeds
+    /// `target`; `None` (and the row's sum added to `acc`) if none does, so that a row held in
+    /// several parts is scanned part after part.
+    pub(super) fn inverse_cdf(row: &[f32], max: f32, target: f32, acc: &mut f32) -> Option<usize> => inverse_cdf_impl
 }
 
 #[inline(always)]
@@ -185,8 +187,7 @@ fn softmax_row_impl(row: &[f32], lse: f32, scale: f32, out: &mut [f32]) {
 }
 
 #[inline(always)]
-fn inverse_cdf_impl(row: &[f32], max: f32, target: f32) -> usize {
-    let mut acc = 0.0f32;
+fn inverse_cdf_impl(row: &[f32], max: f32, target: f32, acc: &mut f32) -> Option<usize> {
     let mut values = [0.0f32; 16];
     for (c, chunk) in row.chunks(16).enumerate() {
         for (value, &v) in values.iter_mut().zip(chunk) {
@@ -194,16 +195,18 @@ fn inverse_cdf_impl(row: &[f32], max: f32, target: f32) -> usize {
         }
         let values = &values[..chunk.len()];
         let chunk_sum: f32 = values.iter().sum();
-        if acc + chunk_sum > target {
+        if *acc + chunk_sum > target {
             for (j, &value) in values.iter().enumerate() {
-                acc += value;
-                if acc > target {
-                    return c * 16 + j;
+                *acc += value;
+                if *acc > target {
+                    return Some(c * 16 + j);
                 }
             }
+            // Rounding: the values one by one did not cross where their sum did.
+            continue;
         }
-        acc += chunk_sum;
+        *acc += chunk_sum;
     }
-    row.len() - 1
+    None
 }
 

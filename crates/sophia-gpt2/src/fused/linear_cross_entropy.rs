@@ -20,6 +20,13 @@
 //! recomputes them (a fourth product against the unfused path's three), so memory stays bounded
 //! by the chunks. Both give the same bits: the kept logits are the recomputed ones.
 //!
+//! The refresh's sampled labels come from the same pass
+//! ([`linear_cross_entropy_on_sampled_labels`]): the forward pass keeps the logits, each row's
+//! label is drawn from them by inverse transform sampling once the row's `(m, s)` is known
+//! (`y_i = min { j : Σ_{k ≤ j} exp(L_ik − m_i) > u_i·s_i }`, scanned chunk after chunk), and the
+//! loss and its backward pass take those labels as targets: one product over the vocabulary
+//! instead of one to draw and two or three for the loss.
+//!
 //! The chunks are dealt to [`LANES`] contiguous groups; each group is one parallel task with its
 //! own running sums and its own partial `∂x`, and the groups are merged in order, so the result
 //! does not depend on the number of threads.
@@ -35,7 +42,7 @@ use burn::backend::{Flex, TensorMetadata, flex::FlexTensor};
 use burn::tensor::{Int, Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::cross_entropy::{flex_int, max_and_sum_exp, targets_of};
+use super::cross_entropy::{flex_int, inverse_cdf, max_and_sum_exp, targets_of};
 use super::gemm::{Operand, Output, gemm};
 use super::{AutodiffFlex, contiguous, dims, exp, floats, multiversion};
 
@@ -60,18 +67,53 @@ const KEEP_WIDTH: usize = 128;
 /// crate's (gradient checkpointing).
 pub(crate) fn linear_cross_entropy(x: Tensor<2>, weight: Tensor<2>, targets: Tensor<1, Int>) -> Option<Tensor<1>> {
     let targets = targets_of(&flex_int(targets));
+    run(x, weight, Labels::Given(targets)).map(|(loss, _)| loss)
+}
+
+/// Labels `[rows]` drawn from `softmax(x·weightᵀ)` with `uniforms` `[rows]` (in `[0, 1)`), and
+/// the mean cross-entropy against them: `(loss, labels)`. `None` where
+/// [`linear_cross_entropy`] gives none, and where the `[rows × vocab]` logits, which the draw
+/// needs whole, exceed [`KEEP_BYTES`].
+pub(crate) fn linear_cross_entropy_on_sampled_labels(x: Tensor<2>, weight: Tensor<2>, uniforms: Tensor<1>) -> Option<(Tensor<1>, Tensor<1, Int>)> {
+    let [rows, _] = x.dims();
+    if rows * weight.dims()[0] * 4 > KEEP_BYTES {
+        return None;
+    }
+    let uniforms = floats(&contiguous(&uniforms.try_into_primitive::<Flex>().ok()?)).to_vec();
+    let (loss, labels) = run(x, weight, Labels::Drawn(uniforms))?;
+    let labels = labels.into_iter().map(|label| label as i64).collect::<Vec<_>>();
+    Some((loss, Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(labels, [rows])))))
+}
+
+/// The targets of a call: given, or drawn with one uniform per row.
+enum Labels {
+    Given(Vec<usize>),
+    Drawn(Vec<f32>),
+}
+
+/// The kernel on tracked or plain flex tensors: the mean loss and the targets it was taken
+/// against.
+fn run(x: Tensor<2>, weight: Tensor<2>, labels: Labels) -> Option<(Tensor<1>, Vec<usize>)> {
     let tracked = (x.clone().try_into_primitive::<AutodiffFlex>(), weight.clone().try_into_primitive::<AutodiffFlex>());
     if let (Ok(x), Ok(weight)) = tracked {
-        return Some(Tensor::from_primitive::<AutodiffFlex>(differentiable(x, weight, targets)));
+        let (loss, targets) = differentiable(x, weight, labels);
+        return Some((Tensor::from_primitive::<AutodiffFlex>(loss), targets));
     }
     match (x.try_into_primitive::<Flex>(), weight.try_into_primitive::<Flex>()) {
-        (Ok(x), Ok(weight)) => Some(Tensor::from_primitive::<Flex>(Head::new(&contiguous(&x), &weight).forward(&targets, None).0)),
+        (Ok(x), Ok(weight)) => {
+            let x = contiguous(&x);
+            let head = Head::new(&x, &weight);
+            let mut kept = head.room_for_logits(&labels, false);
+            let (loss, _, targets) = head.forward(labels, kept.as_deref_mut());
+            Some((Tensor::from_primitive::<Flex>(loss), targets))
+        }
         _ => None,
     }
 }
 
-/// The kernel as an autodiff operation whose backward pass is [`Head::backward`].
-fn differentiable(x: FloatTensor<AutodiffFlex>, weight: FloatTensor<AutodiffFlex>, targets: Vec<usize>) -> FloatTensor<AutodiffFlex> {
+/// The kernel as an autodiff operation whose backward pass is [`Head::backward`], and the
+/// targets.
+fn differentiable(x: FloatTensor<AutodiffFlex>, weight: FloatTensor<AutodiffFlex>, labels: Labels) -> (FloatTensor<AutodiffFlex>, Vec<usize>) {
     #[derive(Debug)]
     struct LinearCrossEntropyBackward;
 
@@ -98,11 +140,17 @@ fn differentiable(x: FloatTensor<AutodiffFlex>, weight: FloatTensor<AutodiffFlex
         OpsKind::Tracked(prep) => {
             let (x, weight) = (contiguous(&x.into_primitive()), weight.into_primitive());
             let head = Head::new(&x, &weight);
-            let mut kept = head.keeps_logits().then(|| vec![0.0f32; head.rows * head.vocab]);
-            let (loss, lse) = head.forward(&targets, kept.as_deref_mut());
-            prep.finish((x, weight, targets, lse, kept), loss)
+            let mut kept = head.room_for_logits(&labels, true);
+            let (loss, lse, targets) = head.forward(labels, kept.as_deref_mut());
+            (prep.finish((x, weight, targets.clone(), lse, kept), loss), targets)
         }
-        OpsKind::UnTracked(prep) => prep.finish(Head::new(&contiguous(x.primitive()), weight.primitive()).forward(&targets, None).0),
+        OpsKind::UnTracked(prep) => {
+            let x = contiguous(x.primitive());
+            let head = Head::new(&x, weight.primitive());
+            let mut kept = head.room_for_logits(&labels, false);
+            let (loss, _, targets) = head.forward(labels, kept.as_deref_mut());
+            (prep.finish(loss), targets)
+        }
     }
 }
 
@@ -167,6 +215,13 @@ impl<'a> Head<'a> {
         self.width >= KEEP_WIDTH && self.rows * self.vocab * 4 <= KEEP_BYTES
     }
 
+    /// Room for the whole logits where the forward pass must keep them: to draw labels from, or
+    /// for a `backward` pass that reads them rather than recomputing them.
+    fn room_for_logits(&self, labels: &Labels, backward: bool) -> Option<Vec<f32>> {
+        let keep = matches!(labels, Labels::Drawn(_)) || (backward && self.keeps_logits());
+        keep.then(|| vec![0.0f32; self.rows * self.vocab])
+    }
+
     /// `logits` `[rows × vocab]`, chunk after chunk (a chunk of `w` words from word `s` on is
     /// `[rows, w]` row-major at `rows·s`), cut into each group's words; without kept logits, a
     /// scratch chunk per group.
@@ -197,11 +252,16 @@ impl<'a> Head<'a> {
         unsafe { gemm(self.rows, self.width, w, Operand::row_major(self.x, self.width), self.weight.at(start, 0).transposed(), 0.0, logits.as_mut_ptr(), w) }
     }
 
-    /// `(mean loss [1], lse per row)`; the logits are written to `keep` when it is given.
-    fn forward(&self, targets: &[usize], keep: Option<&mut [f32]>) -> (FlexTensor, Vec<f32>) {
+    /// `(mean loss [1], lse per row, targets)`; the logits are written to `keep` when it is
+    /// given, which drawn labels need.
+    fn forward(&self, labels: Labels, mut keep: Option<&mut [f32]>) -> (FlexTensor, Vec<f32>, Vec<usize>) {
         let lanes = self.lanes();
-        let regions = self.regions(&lanes, keep);
-        let partials: Vec<Partial> = lanes.into_par_iter().zip(regions).map(|(words, mut region)| self.forward_lane(words, targets, &mut region)).collect();
+        let given = match &labels {
+            Labels::Given(targets) => Some(targets.as_slice()),
+            Labels::Drawn(_) => None,
+        };
+        let regions = self.regions(&lanes, keep.as_deref_mut());
+        let partials: Vec<Partial> = lanes.into_par_iter().zip(regions).map(|(words, mut region)| self.forward_lane(words, given, &mut region)).collect();
         let mut stats = vec![(f32::NEG_INFINITY, 0.0f32); self.rows];
         let mut target_logits = vec![f32::NAN; self.rows];
         for partial in partials {
@@ -212,26 +272,52 @@ impl<'a> Head<'a> {
                 target_logits[row] = logit;
             }
         }
+        let targets = match labels {
+            Labels::Given(targets) => targets,
+            Labels::Drawn(uniforms) => {
+                let logits = keep.expect("drawn labels need the kept logits");
+                let drawn: Vec<(usize, f32)> = (0..self.rows).into_par_iter().map(|row| self.draw(logits, row, stats[row], uniforms[row])).collect();
+                target_logits = drawn.iter().map(|&(_, logit)| logit).collect();
+                drawn.into_iter().map(|(label, _)| label).collect()
+            }
+        };
         let lse: Vec<f32> = stats.iter().map(|&(max, sum)| max + sum.ln()).collect();
         let total: f64 = lse.iter().zip(&target_logits).map(|(&lse, &logit)| (lse - logit) as f64).sum();
         let mean = total / self.rows as f64;
-        (FlexTensor::from_data(TensorData::new(vec![mean as f32], [1])), lse)
+        (FlexTensor::from_data(TensorData::new(vec![mean as f32], [1])), lse, targets)
     }
 
-    fn forward_lane(&self, words: Range<usize>, targets: &[usize], region: &mut Region<'_>) -> Partial {
+    /// This group's running sums over its words, and the `targets`' logits among them.
+    fn forward_lane(&self, words: Range<usize>, targets: Option<&[usize]>, region: &mut Region<'_>) -> Partial {
         let mut stats = vec![(f32::NEG_INFINITY, 0.0f32); self.rows];
         let mut picked = Vec::new();
         for (start, w) in self.chunks(words.clone()) {
             let logits = region.chunk(self.rows, start - words.start, w);
             self.logits(start, w, logits);
-            for ((row, stat), (i, &t)) in logits.chunks_exact(w).zip(&mut stats).zip(targets.iter().enumerate()) {
+            for (i, (row, stat)) in logits.chunks_exact(w).zip(&mut stats).enumerate() {
                 *stat = merge(*stat, max_and_sum_exp(row));
-                if (start..start + w).contains(&t) {
+                if let Some(&t) = targets.map(|targets| &targets[i])
+                    && (start..start + w).contains(&t)
+                {
                     picked.push((i, row[t - start]));
                 }
             }
         }
         Partial { stats, picked }
+    }
+
+    /// Row `row`'s label drawn with the uniform `u` from the whole `logits` (chunk after chunk,
+    /// as [`regions`](Self::regions) lays them out) and its running `(max, Σ exp)`, with its
+    /// logit: the first word whose cumulative `exp(L − max)` exceeds `u·Σ` (the last word if
+    /// rounding leaves the total short of it).
+    fn draw(&self, logits: &[f32], row: usize, (max, sum): (f32, f32), u: f32) -> (usize, f32) {
+        let mut acc = 0.0f32;
+        let label = self
+            .chunks(0..self.vocab)
+            .find_map(|(start, w)| inverse_cdf(&logits[self.rows * start + row * w..][..w], max, u * sum, &mut acc).map(|j| start + j))
+            .unwrap_or(self.vocab - 1);
+        let (start, w) = (label / self.chunk * self.chunk, self.chunk.min(self.vocab - label / self.chunk * self.chunk));
+        (label, logits[self.rows * start + row * w + label - start])
     }
 
     /// `(∂x [rows, C], ∂W [vocab, C])` for the upstream gradient `grad` of the mean loss, from
