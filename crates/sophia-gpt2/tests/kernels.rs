@@ -99,13 +99,16 @@ fn reference_linear_cross_entropy(x: &[f32], w: &[f32], targets: &[i64], rows: u
         let t = targets[i] as usize;
         loss += (lse - logits[t]) / rows as f64;
         for (j, l) in logits.iter().enumerate() {
-            let g = ((l - lse).exp() - if j == t { 1.0 } else { 0.0 }) / rows as f64;
+            let (p, onehot) = ((l - lse).exp(), if j == t { 1.0 } else { 0.0 });
+            // `p − 1` is computed from an f32 `p` known to a few ulps of `p`: the target's term
+            // carries `p`'s error even where it cancels to nearly nothing (a dominant target).
+            let (g, size) = ((p - onehot) / rows as f64, (p + onehot) / rows as f64);
             for k in 0..width {
                 let (to_x, to_w) = (g * w[j * width + k] as f64, g * x[k] as f64);
                 dx[i * width + k].0 += to_x;
-                dx[i * width + k].1 += to_x.abs();
+                dx[i * width + k].1 += size * (w[j * width + k] as f64).abs();
                 dw[j * width + k].0 += to_w;
-                dw[j * width + k].1 += to_w.abs();
+                dw[j * width + k].1 += size * (x[k] as f64).abs();
             }
         }
     }
