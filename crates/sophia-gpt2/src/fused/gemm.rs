@@ -194,7 +194,18 @@ mod avx512 {
                     let rows = MR.min(m - ic);
                     // SAFETY: the tile's elements of `A`, `B` and `C` are inside the operands.
                     unsafe {
-                        let tile = Tile { a: a.at(ic, 0), b: b_ptr.offset(pc as isize * b_stride + jc as isize), b_stride, c: c.add(ic * c_stride + jc), c_stride, depth, mask, add };
+                        let tile = Tile {
+                            a: a.ptr.offset(ic as isize * a.row_stride),
+                            a_row_stride: a.row_stride,
+                            a_col_stride: a.col_stride,
+                            b: b_ptr.offset(pc as isize * b_stride + jc as isize),
+                            b_stride,
+                            c: c.add(ic * c_stride + jc),
+                            c_stride,
+                            depth,
+                            mask,
+                            add,
+                        };
                         tile.run(rows, vectors);
                     }
                 }
@@ -260,8 +271,14 @@ mod avx512 {
 
     /// One register tile: `C[rows, vectors·16]` (+)= `A[rows, depth]·B[depth, vectors·16]`,
     /// the last vector masked.
+    ///
+    /// `A` is held as its pointer and strides rather than an [`Operand`]: copying an operand
+    /// into the tile went through the stack as a wide load of narrower stores, a stall that
+    /// perf put at a tenth of a training step.
     struct Tile {
-        a: Operand,
+        a: *const f32,
+        a_row_stride: isize,
+        a_col_stride: isize,
         b: *const f32,
         b_stride: isize,
         c: *mut f32,
@@ -291,7 +308,7 @@ mod avx512 {
         #[target_feature(enable = "avx512f")]
         unsafe fn kernel<const R: usize, const V: usize>(&self) {
             let mut acc = [[_mm512_setzero_ps(); V]; R];
-            let (mut a, mut b) = (self.a.ptr, self.b);
+            let (mut a, mut b) = (self.a, self.b);
             for _ in 0..self.depth {
                 let mut bv = [_mm512_setzero_ps(); V];
                 for (v, bv) in bv.iter_mut().enumerate() {
@@ -301,14 +318,14 @@ mod avx512 {
                 }
                 for (r, acc) in acc.iter_mut().enumerate() {
                     // SAFETY: row `r` of the tile's `A` at this step is inside `A`.
-                    let av = _mm512_set1_ps(unsafe { *a.offset(r as isize * self.a.row_stride) });
+                    let av = _mm512_set1_ps(unsafe { *a.offset(r as isize * self.a_row_stride) });
                     for (acc, &bv) in acc.iter_mut().zip(&bv) {
                         *acc = _mm512_fmadd_ps(av, bv, *acc);
                     }
                 }
                 // One step along the inner dimension (past the operands after the last: wrapping,
                 // never read).
-                a = a.wrapping_offset(self.a.col_stride);
+                a = a.wrapping_offset(self.a_col_stride);
                 b = b.wrapping_offset(self.b_stride);
             }
             for (r, acc) in acc.iter().enumerate() {
