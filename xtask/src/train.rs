@@ -139,7 +139,7 @@ pub(crate) fn config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
 pub(crate) fn run(args: TrainArgs) -> anyhow::Result<()> {
     let config = config(&args)?;
     if args.print_config {
-        println!("{}", serde_json::to_string_pretty(&config)?);
+        println!("{}", serde_json::to_string_pretty(&config.resolved())?);
         return Ok(());
     }
     let options = RunOptions { resume: args.resume, progress_bar: std::io::IsTerminal::is_terminal(&std::io::stderr()), stop_after: None };

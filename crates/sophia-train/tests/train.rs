@@ -402,6 +402,26 @@ fn sharded_passes_compute_the_gradients_of_the_whole_batch() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The settings that follow the model when unset are written out as the run uses them (what
+/// `--print-config` shows), and a resolved config runs as the original does.
+#[test]
+fn a_resolved_config_names_the_settings_that_follow_the_model() {
+    let char_model = TrainConfig::default();
+    let resolved = char_model.resolved();
+    assert_eq!((resolved.tokenizer, resolved.shards), (Some(TokenizerKind::Char), Some(2)));
+    let mut bpe = TrainConfig::default();
+    bpe.set("preset", "cpu-3m").unwrap();
+    let resolved = bpe.resolved();
+    assert_eq!((resolved.tokenizer, resolved.shards), (Some(TokenizerKind::Gpt2), Some(1)));
+    let chosen = TrainConfig { tokenizer: Some(TokenizerKind::Gpt2), shards: Some(3), ..TrainConfig::default() }.resolved();
+    assert_eq!((chosen.tokenizer, chosen.shards), (Some(TokenizerKind::Gpt2), Some(3)));
+    for config in [char_model, bpe] {
+        let resolved = config.resolved();
+        assert_eq!((resolved.tokenizer(), resolved.shards()), (config.tokenizer(), config.shards()));
+        assert_eq!(TrainConfig { tokenizer: None, shards: None, ..resolved }, config, "only the two settings change");
+    }
+}
+
 #[test]
 fn batches_split_into_shards_of_whole_sequences() {
     let batch = Batch { batch_size: 5, block_size: 2, inputs: (0..10).collect(), targets: (10..20).collect() };

@@ -869,6 +869,12 @@ impl TrainConfig {
         }
     }
 
+    /// This config with the settings that follow the model when unset ([`tokenizer`](Self::tokenizer),
+    /// [`shards`](Self::shards)) written out as the run uses them: what `--print-config` shows.
+    pub fn resolved(&self) -> Self {
+        Self { tokenizer: Some(self.tokenizer()), shards: Some(self.shards()), ..self.clone() }
+    }
+
     /// Tokens per optimizer step (Sophia's `bs`).
     pub fn tokens_per_step(&self, block_size: usize) -> usize {
         self.batch_size * self.grad_accum * block_size

@@ -528,12 +528,12 @@ impl TrainingStep {
             let grads = GradientsParams::from_grads(loss.backward(), model);
             Ok((loss.into_scalar::<f64>(), grads))
         };
-        let passes = match batch.split(self.shards).as_slice() {
-            [whole] => return pass(model, whole),
-            // Each pass on its own autodiff leaves of the same parameters (`fork`: the same
-            // storage, new graph nodes): Burn keeps graphs that share a node under one lock.
-            shards => shards.par_iter().map(|shard| pass(&model.clone().fork(&self.device), shard)).collect::<Vec<_>>(),
-        };
+        if self.shards == 1 {
+            return pass(model, batch);
+        }
+        // Each pass on its own autodiff leaves of the same parameters (`fork`: the same storage,
+        // new graph nodes): Burn keeps graphs that share a node under one lock.
+        let passes: Vec<_> = batch.split(self.shards).par_iter().map(|shard| pass(&model.clone().fork(&self.device), shard)).collect();
         let (mut loss, mut accumulator) = (0.0, GradientsAccumulator::new());
         for result in passes {
             let (shard_loss, grads) = result?;
