@@ -391,6 +391,12 @@ fn sharded_passes_compute_the_gradients_of_the_whole_batch() {
         }
     }
 
+    // A batch of fewer sequences than shards (the memory bench steps one sequence) runs a shard
+    // per sequence.
+    let pair = Batch { batch_size: 2, block_size: block, inputs: batch.inputs[..2 * block].to_vec(), targets: batch.targets[..2 * block].to_vec() };
+    let bits = |(loss, norms, wte): (f64, Vec<f64>, Vec<f32>)| (loss.to_bits(), norms.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), wte.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+    assert_eq!(bits(sharded_gradients(&config, 5, &pair)), bits(sharded_gradients(&config, 2, &pair)), "5 shards of 2 sequences");
+
     let on = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         pool.install(|| sharded_gradients(&config, 2, &batch))

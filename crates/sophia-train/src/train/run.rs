@@ -518,8 +518,9 @@ impl TrainingStep {
     }
 
     /// `model`'s loss on the micro-batch `batch` divided by the micro-batches per step, and its
-    /// gradients: the batch's shards (`shards`) concurrently, each shard's mean loss weighted by
-    /// its share of the sequences and the gradients summed in shard order.
+    /// gradients: the batch's shards (`shards`, at most one per sequence) concurrently, each
+    /// shard's mean loss weighted by its share of the sequences and the gradients summed in
+    /// shard order.
     pub fn gradients(&self, model: &Gpt2, batch: &Batch) -> Result<(f64, GradientsParams), TrainError> {
         let pass = |model: &Gpt2, shard: &Batch| -> Result<(f64, GradientsParams), TrainError> {
             let (inputs, targets) = tensors(shard, &self.device);
@@ -528,12 +529,14 @@ impl TrainingStep {
             let grads = GradientsParams::from_grads(loss.backward(), model);
             Ok((loss.into_scalar::<f64>(), grads))
         };
-        if self.shards == 1 {
+        // A batch of fewer sequences than `shards` (a caller's own batch) runs one per sequence.
+        let shards = self.shards.min(batch.batch_size);
+        if shards <= 1 {
             return pass(model, batch);
         }
         // Each pass on its own autodiff leaves of the same parameters (`fork`: the same storage,
         // new graph nodes): Burn keeps graphs that share a node under one lock.
-        let passes: Vec<_> = batch.split(self.shards).par_iter().map(|shard| pass(&model.clone().fork(&self.device), shard)).collect();
+        let passes: Vec<_> = batch.split(shards).par_iter().map(|shard| pass(&model.clone().fork(&self.device), shard)).collect();
         let (mut loss, mut accumulator) = (0.0, GradientsAccumulator::new());
         for result in passes {
             let (shard_loss, grads) = result?;
