@@ -239,6 +239,9 @@ fn compare_tunes_then_runs_every_optimizer_with_several_seeds() {
         warmup_steps: 1,
         optimizer: OptimizerConfig::SophiaG(SophiaGSettings { hessian_interval: 2, ..SophiaGSettings::default() }),
         batch_size: 2,
+        // Two concurrent shards, as the char model trains (the state-size step uses a batch of
+        // one sequence).
+        shards: Some(2),
         eval_interval: 2,
         eval_batches: 1,
         checkpoint_interval: 4,
