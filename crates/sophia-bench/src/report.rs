@@ -250,7 +250,7 @@ pub fn render(results: &Path, notes: Option<&str>) -> Result<String, crate::Benc
             report.repetitions
         );
         out.push_str("![throughput](../results/throughput.png)\n\n");
-        out.push_str("| preset | kernels | parameters | tokens/step | step (s) | tokens/s | GFLOP/s | MFU | page faults/step | refresh (s) | of which label sampling (s) | refresh / step | overhead at k = 10 |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+        out.push_str("| preset | kernels | parameters | tokens/step | step (s) | tokens/s | GFLOP/s | MFU | page faults/step | refresh (s) | labels drawn alone (s) | refresh / step | overhead at k = 10 |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         for e in &report.entries {
             let _ = writeln!(
                 out,

@@ -48,8 +48,9 @@ pub struct ThroughputEntry {
     pub refresh_secs: f64,
     /// Median seconds of the forward pass alone.
     pub forward_secs: f64,
-    /// Median seconds of drawing the refresh's labels from the logits (Gumbel-max over the
-    /// vocabulary), the part of a refresh a training step does not have.
+    /// Median seconds of drawing labels from the forward pass's logits on their own (inverse CDF
+    /// over the vocabulary, `sample_labels_with`): the draw a composed refresh makes as a separate
+    /// pass, and the fused refresh inside its LM head and loss kernel.
     pub sampling_secs: f64,
     /// `refresh_secs / step_secs`.
     pub refresh_to_step: f64,
