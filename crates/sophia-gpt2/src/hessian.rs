@@ -9,8 +9,9 @@
 //! Labels are drawn by inverse transform sampling on detached logits: one uniform `u` per
 //! position, the label is the first token whose cumulative probability exceeds `u` (an exact
 //! sample of the categorical distribution; see [`loss`](crate::loss), which on the CPU draws it
-//! inside the LM head's fused loss, from logits computed once). The uniforms are drawn on the host from `(seed, draw)`, so the same
-//! draw gives the same labels on every backend and after a resume, whichever thread draws.
+//! inside the LM head's fused loss, from logits computed once). The uniforms are drawn on the
+//! host from `(seed, draw)`, so the same draw gives the same labels on every backend and after a
+//! resume, whichever thread draws.
 //!
 //! **Dropout**: the step runs the model as it is given. A model in training mode with
 //! `dropout > 0` estimates the Hessian of the same stochastic loss that is optimized, as the
