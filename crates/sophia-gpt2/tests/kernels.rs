@@ -362,11 +362,29 @@ proptest! {
         let fused = layer_norm_and_grads(Kernels::Fused, &x, &g, seed);
         let composed = layer_norm_and_grads(Kernels::Composed, &x, &g, seed);
         let rows = (batch * seq) as f32;
-        // y and ∂x are O(1) per element (times γ); ∂γ and ∂β sum over the rows.
-        for (what, (f, c), atol) in [("y", 1e-5), ("∂x", 2e-4 / scale as f32), ("∂γ", 1e-4 * rows.sqrt()), ("∂β", 1e-5 * rows)].iter().zip(fused.iter().zip(&composed)).map(|((w, a), fc)| (w, fc, *a)) {
+        // ∂x of a row is O(|g|/σ) per element, and computing `x − μ` in f32 loses the digits of
+        // `|x|/σ` (a narrow row of nearby large values): its rounding bound grows with that.
+        let xs = values(x.clone());
+        let dx_atol: Vec<f32> = xs
+            .chunks_exact(width)
+            .map(|row| {
+                let mean = row.iter().map(|&v| v as f64).sum::<f64>() / width as f64;
+                let sigma = (row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / width as f64 + 1e-5).sqrt();
+                let condition = row.iter().fold(0.0f64, |m, &v| m.max((v as f64).abs())) / sigma + 1.0;
+                (2e-4 / scale).max(2e-6 * condition / sigma) as f32
+            })
+            .collect();
+        // y is O(1) per element (times γ); ∂γ and ∂β sum over the rows.
+        let atol = |what: &str, i: usize| match what {
+            "y" => 1e-5,
+            "∂x" => dx_atol[i / width],
+            "∂γ" => 1e-4 * rows.sqrt(),
+            _ => 1e-5 * rows,
+        };
+        for (what, (f, c)) in ["y", "∂x", "∂γ", "∂β"].into_iter().zip(fused.iter().zip(&composed)) {
             prop_assert_eq!(f.len(), c.len());
             for (i, (&f, &c)) in f.iter().zip(c).enumerate() {
-                prop_assert!(close(f, c, 1e-4, atol), "{what}[{i}]: fused {f} vs composed {c}");
+                prop_assert!(close(f, c, 1e-4, atol(what, i)), "{what}[{i}]: fused {f} vs composed {c}");
             }
         }
     }
@@ -623,3 +641,4 @@ fn assert_same_on_one_two_and_three_threads<T: PartialEq + Send>(what: &str, run
 fn the_fused_path_is_the_one_taken_on_flex() {
     assert_eq!(sophia_gpt2::kernels::fused_available(&Device::flex()), cfg!(feature = "flex"));
 }
+
