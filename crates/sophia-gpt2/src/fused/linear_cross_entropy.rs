@@ -101,14 +101,20 @@ fn run(x: Tensor<2>, weight: Tensor<2>, labels: Labels) -> Option<(Tensor<1>, Ve
     }
     match (x.try_into_primitive::<Flex>(), weight.try_into_primitive::<Flex>()) {
         (Ok(x), Ok(weight)) => {
-            let x = contiguous(&x);
-            let head = Head::new(&x, &weight);
-            let mut kept = head.room_for_logits(&labels, false);
-            let (loss, _, targets) = head.forward(labels, kept.as_deref_mut());
+            let (loss, targets) = untracked(&x, &weight, labels);
             Some((Tensor::from_primitive::<Flex>(loss), targets))
         }
         _ => None,
     }
+}
+
+/// The mean loss and the targets without a backward pass (the logits kept only for a draw).
+fn untracked(x: &FlexTensor, weight: &FlexTensor, labels: Labels) -> (FlexTensor, Vec<usize>) {
+    let x = contiguous(x);
+    let head = Head::new(&x, weight);
+    let mut kept = head.room_for_logits(&labels, false);
+    let (loss, _, targets) = head.forward(labels, kept.as_deref_mut());
+    (loss, targets)
 }
 
 /// The kernel as an autodiff operation whose backward pass is [`Head::backward`], and the
@@ -145,10 +151,7 @@ fn differentiable(x: FloatTensor<AutodiffFlex>, weight: FloatTensor<AutodiffFlex
             (prep.finish((x, weight, targets.clone(), lse, kept), loss), targets)
         }
         OpsKind::UnTracked(prep) => {
-            let x = contiguous(x.primitive());
-            let head = Head::new(&x, weight.primitive());
-            let mut kept = head.room_for_logits(&labels, false);
-            let (loss, _, targets) = head.forward(labels, kept.as_deref_mut());
+            let (loss, targets) = untracked(x.primitive(), weight.primitive(), labels);
             (prep.finish(loss), targets)
         }
     }
