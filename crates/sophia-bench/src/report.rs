@@ -12,13 +12,23 @@ use crate::memory::MemoryReport;
 use crate::step::StepReport;
 use crate::throughput::ThroughputReport;
 
-/// The result files the report reads, relative to the results directory.
-pub const FILES: [&str; 5] = [
+/// The result files the report reads, relative to the results directory (the optional variants
+/// of [`COMPARISONS`] aside).
+pub const FILES: [&str; 6] = [
     "default-run.json",
     "compare.json",
+    "compare-bpe.json",
     "bench-step.json",
     "memory.json",
     "throughput.json",
+];
+
+/// The comparisons (`bench compare --out results/NAME`) the report shows, in order: each one's
+/// file, its section's title, and whether the page lists it as not measured when absent.
+pub const COMPARISONS: [(&str, &str, bool); 3] = [
+    ("compare.json", "Optimizer comparison: the char regime", true),
+    ("compare-long.json", "Optimizer comparison: the char regime, three times as long", false),
+    ("compare-bpe.json", "Optimizer comparison: the BPE regime", true),
 ];
 
 fn verdict(met: bool) -> &'static str {
@@ -104,14 +114,16 @@ pub fn render(results: &Path, notes: Option<&str>) -> Result<String, crate::Benc
         );
     }
 
-    if let Some(report) = read::<CompareReport>(results, "compare.json", &mut missing)? {
-        let _ = writeln!(
-            out,
-            "\n## Optimizer comparison (`cargo xtask bench compare`)\n"
-        );
-        out.push_str("![validation loss per optimizer](../results/compare.png)\n\n");
-        if results.join("compare-lr-rho.png").is_file() {
-            out.push_str("![SophiaG's learning rate × ρ](../results/compare-lr-rho.png)\n\n");
+    let mut optional = Vec::new();
+    for (name, title, listed) in COMPARISONS {
+        let Some(report) = read::<CompareReport>(results, name, if listed { &mut missing } else { &mut optional })? else {
+            continue;
+        };
+        let stem = name.trim_end_matches(".json");
+        let _ = writeln!(out, "\n## {title} (`cargo xtask bench compare`)\n\nFrom `results/{name}`.\n");
+        let _ = writeln!(out, "![validation loss per optimizer](../results/{stem}.png)\n");
+        if results.join(format!("{stem}-lr-rho.png")).is_file() {
+            let _ = writeln!(out, "![SophiaG's learning rate × ρ](../results/{stem}-lr-rho.png)\n");
         }
         out.push_str(&compare::markdown(&report));
         if let Some(sophia) = report.results.iter().find(|r| r.optimizer == "sophiag") {

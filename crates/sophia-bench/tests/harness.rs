@@ -159,6 +159,16 @@ fn compare_report_round_trips_and_draws_its_table_and_plots() {
     let page = report::render(&dir, Some("## Discussion\n\nhand-written")).unwrap();
     assert!(page.contains(&report.machine.describe()), "names the machine");
     assert!(page.contains("Paper's claim") && page.contains("hand-written") && page.contains("compare-lr-rho.png"), "{page}");
+    assert!(page.contains("Not measured yet: default-run.json, compare-bpe.json, bench-step.json, memory.json, throughput.json"), "{page}");
+    assert!(!page.contains("three times as long"), "an optional comparison that is absent is left out: {page}");
+    // Every comparison file present gets its own section, its plots named after it.
+    std::fs::copy(&json, dir.join("compare-bpe.json")).unwrap();
+    std::fs::copy(&json, dir.join("compare-long.json")).unwrap();
+    let page = report::render(&dir, None).unwrap();
+    let sections: Vec<usize> = ["the char regime (", "the char regime, three times as long", "the BPE regime"].iter().map(|t| page.find(t).unwrap_or_else(|| panic!("{t}: {page}"))).collect();
+    assert!(sections.is_sorted(), "in order: {page}");
+    assert!(page.contains("../results/compare-bpe.png") && page.contains("../results/compare-long.png") && !page.contains("compare-bpe-lr-rho.png"), "{page}");
+    assert_eq!(page.matches("Paper's claim").count(), 3, "{page}");
     assert!(page.contains("Not measured yet: default-run.json, bench-step.json, memory.json, throughput.json"), "{page}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
