@@ -214,8 +214,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         Bench::Throughput { presets, kernels, batch_size, block_size, repetitions, backend, out } => {
             let presets: Vec<&str> = presets.iter().map(String::as_str).collect();
-            let report = throughput::run(&presets, &kernels, batch_size, block_size, repetitions, &device(backend)?, &backend.to_string(), say)
-                ?;
+            let report = throughput::run(&presets, &kernels, batch_size, block_size, repetitions, &device(backend)?, &backend.to_string(), say)?;
             let out = output(out)?;
             throughput::write(&report, &out)?;
             println!("wrote {} and its plot", out.display());
@@ -250,7 +249,8 @@ fn run_compare(args: CompareArgs) -> anyhow::Result<()> {
     base.eval_interval = (base.max_steps / 20).max(1);
     (base.checkpoint_interval, base.sample_tokens, base.plots) = (base.max_steps, 0, false);
     base.validate()?;
-    let options = compare::CompareOptions { optimizers: args.optimizers, base, lr_multipliers: args.lr_multipliers, rhos: args.rhos, seeds: args.seeds, auto_rho: args.auto_rho };
+    let options =
+        compare::CompareOptions { optimizers: args.optimizers, base, lr_multipliers: args.lr_multipliers, rhos: args.rhos, seeds: args.seeds, auto_rho: args.auto_rho };
     let run_options = RunOptions { resume: false, progress_bar: std::io::IsTerminal::is_terminal(&std::io::stderr()), stop_after: None };
     let report = compare::run(&options, &run_options, &mut |line| eprintln!("{line}"))?;
     let out = output(args.out)?;
@@ -259,4 +259,3 @@ fn run_compare(args: CompareArgs) -> anyhow::Result<()> {
     println!("wrote {}, {} and {}", out.display(), out.with_extension("md").display(), out.with_extension("png").display());
     Ok(())
 }
-

@@ -81,10 +81,7 @@ pub(crate) fn workspace_root() -> PathBuf {
 /// Run a command from the workspace root, echoing it, and fail with its exit status.
 pub(crate) fn run_command(command: &mut Command) -> anyhow::Result<()> {
     eprintln!("+ {}", shown(command));
-    let status = command
-        .current_dir(workspace_root())
-        .status()
-        .with_context(|| format!("could not start `{}`", shown(command)))?;
+    let status = command.current_dir(workspace_root()).status().with_context(|| format!("could not start `{}`", shown(command)))?;
     if !status.success() {
         bail!("`{}` failed ({status})", shown(command));
     }
@@ -92,11 +89,7 @@ pub(crate) fn run_command(command: &mut Command) -> anyhow::Result<()> {
 }
 
 fn shown(command: &Command) -> String {
-    std::iter::once(command.get_program())
-        .chain(command.get_args())
-        .map(|s| s.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(" ")
+    std::iter::once(command.get_program()).chain(command.get_args()).map(|s| s.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
 }
 
 /// Let a write past the file-size limit (`ulimit -f`) fail with an error the run reports, like a

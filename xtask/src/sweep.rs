@@ -35,13 +35,7 @@ pub(crate) fn run(args: SweepArgs) -> anyhow::Result<()> {
     if args.base.name.is_none() {
         base.name = format!("sweep-{}", base.optimizer.kind());
     }
-    let grid = SweepGrid {
-        lr: args.grid_lr,
-        rho: args.grid_rho,
-        weight_decay: args.grid_weight_decay,
-        batch_size: args.grid_batch_size,
-        warmup_steps: args.grid_warmup,
-    };
+    let grid = SweepGrid { lr: args.grid_lr, rho: args.grid_rho, weight_decay: args.grid_weight_decay, batch_size: args.grid_batch_size, warmup_steps: args.grid_warmup };
     if grid.points(&base).len() < 2 {
         bail!("the grid has a single point: give a --grid-* flag two or more values, e.g. --grid-lr 3e-3,6e-3,1.2e-2");
     }

@@ -78,11 +78,7 @@ pub(crate) fn run(args: TestArgs) -> anyhow::Result<()> {
         return run_device_generic(&args, nextest);
     }
     if nextest {
-        run_command(
-            Command::new("cargo")
-                .args(["nextest", "run", "--workspace", "--no-fail-fast", "--failure-output", "final"])
-                .args(&args.filter),
-        )?;
+        run_command(Command::new("cargo").args(["nextest", "run", "--workspace", "--no-fail-fast", "--failure-output", "final"]).args(&args.filter))?;
     } else {
         eprintln!("cargo-nextest not found; running `cargo test` (install it with `cargo install cargo-nextest`)");
         run_command(Command::new("cargo").args(["test", "--workspace", "--no-fail-fast"]).args(&args.filter))?;

@@ -177,15 +177,13 @@ fn every_bad_input_is_a_clear_error_and_loses_nothing() {
         let args: Vec<&str> = case.args.iter().map(String::as_str).collect();
         let output = world.xtask(&args);
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let problems: Vec<String> = [
-            (output.status.success(), "exited successfully".to_string()),
-            (output.status.code() == Some(101) || stderr.contains("panicked"), "panicked".to_string()),
-        ]
-        .into_iter()
-        .filter(|(bad, _)| *bad)
-        .map(|(_, what)| what)
-        .chain(case.expect.iter().filter(|word| !stderr.contains(*word)).map(|word| format!("does not say `{word}`")))
-        .collect();
+        let problems: Vec<String> =
+            [(output.status.success(), "exited successfully".to_string()), (output.status.code() == Some(101) || stderr.contains("panicked"), "panicked".to_string())]
+                .into_iter()
+                .filter(|(bad, _)| *bad)
+                .map(|(_, what)| what)
+                .chain(case.expect.iter().filter(|word| !stderr.contains(*word)).map(|word| format!("does not say `{word}`")))
+                .collect();
         if !problems.is_empty() {
             failures.push(format!("{}: {} — stderr: {}", case.name, problems.join(", "), stderr.trim()));
         }

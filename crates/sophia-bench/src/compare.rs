@@ -247,7 +247,15 @@ fn regime(base: &TrainConfig) -> &'static str {
 /// The seeds' run of `config` (whose seed is the first) in `dir/label-seeds/`, the first seed's
 /// run being `first` (the sweep's); a seed that diverges is an error, since the configuration
 /// was chosen for not diverging.
-fn seed_runs(config: &TrainConfig, first: Option<(TrainSummary, &Path)>, seeds: usize, dir: &Path, label: &str, run_options: &RunOptions, progress: &mut dyn FnMut(&str)) -> Result<Vec<SeedRun>, BenchError> {
+fn seed_runs(
+    config: &TrainConfig,
+    first: Option<(TrainSummary, &Path)>,
+    seeds: usize,
+    dir: &Path,
+    label: &str,
+    run_options: &RunOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<SeedRun>, BenchError> {
     let mut runs = Vec::new();
     for k in 0..seeds {
         let seed = config.seed + k as u64;
@@ -286,7 +294,14 @@ fn read_run(seed: u64, summary: &TrainSummary, run_dir: &Path) -> Result<SeedRun
 }
 
 /// The result of `runs` of one configuration.
-fn result(optimizer: String, sweep: Vec<SweepEntry>, config: &TrainConfig, runs: Vec<SeedRun>, model: &Gpt2, device: &burn::tensor::Device) -> Result<OptimizerResult, BenchError> {
+fn result(
+    optimizer: String,
+    sweep: Vec<SweepEntry>,
+    config: &TrainConfig,
+    runs: Vec<SeedRun>,
+    model: &Gpt2,
+    device: &burn::tensor::Device,
+) -> Result<OptimizerResult, BenchError> {
     let state_bytes = memory::state_bytes(config, model, device)?;
     let mean = |value: fn(&SeedRun) -> f64| runs.iter().map(value).sum::<f64>() / runs.len() as f64;
     let final_wins: Vec<f64> = runs.iter().filter_map(|r| r.win_rate.last().map(|&(_, w)| w)).collect();
@@ -352,7 +367,8 @@ pub fn run(options: &CompareOptions, run_options: &RunOptions, progress: &mut dy
         let summary = point.summary.clone().expect("the best point finished");
         (unigram, parameters) = (summary.unigram_val_loss, summary.parameters);
         let best_config = TrainConfig { out_dir: dir.clone(), name: kind.to_string(), ..point.settings.apply(&config) };
-        let sweep_entries = report.points.iter().map(|p| SweepEntry { lr: p.settings.lr, rho: p.settings.rho, final_val_loss: p.summary.as_ref().map(|s| s.final_val_loss) }).collect();
+        let sweep_entries =
+            report.points.iter().map(|p| SweepEntry { lr: p.settings.lr, rho: p.settings.rho, final_val_loss: p.summary.as_ref().map(|s| s.final_val_loss) }).collect();
         let runs = seed_runs(&best_config, Some((summary, &point.run_dir)), options.seeds, &dir, kind.name(), run_options, progress)?;
         results.push(result(kind.to_string(), sweep_entries, &best_config, runs, &model, &device)?);
         if kind == OptimizerKind::SophiaG && options.auto_rho {

@@ -125,7 +125,14 @@ pub fn sync(model: &Gpt2) {
 
 /// One training step on `batch`, exactly as the training loop takes it ([`TrainingStep::run`]:
 /// forward, backward, clipping, the optimizer's step with its refresh when due).
-pub fn training_step(step: &TrainingStep, model: Gpt2, optimizer: &mut RunOptimizer, lr: f64, batch: Batch, estimator: Option<&mut RunEstimator<'_>>) -> Result<Gpt2, BenchError> {
+pub fn training_step(
+    step: &TrainingStep,
+    model: Gpt2,
+    optimizer: &mut RunOptimizer,
+    lr: f64,
+    batch: Batch,
+    estimator: Option<&mut RunEstimator<'_>>,
+) -> Result<Gpt2, BenchError> {
     Ok(step.run(model, optimizer, lr, std::iter::once(batch), estimator)?.model)
 }
 

@@ -35,11 +35,7 @@ fn record_bytes(optimizer: &RunOptimizer) -> Result<u64, BenchError> {
     let unreadable = |e: String| BenchError::Result { path: "optimizer record".into(), reason: e };
     let bytes = optimizer.to_record().into_bytes().map_err(|e| unreadable(format!("{e:?}")))?;
     let reader = burn_pack::Reader::from_bytes(bytes).map_err(|e| unreadable(format!("{e:?}")))?;
-    reader
-        .tensor_names()
-        .into_iter()
-        .map(|name| reader.tensor_data(name).map(|d| d.len() as u64).map_err(|e| unreadable(format!("state tensor {name}: {e:?}"))))
-        .sum()
+    reader.tensor_names().into_iter().map(|name| reader.tensor_data(name).map(|d| d.len() as u64).map_err(|e| unreadable(format!("state tensor {name}: {e:?}")))).sum()
 }
 
 /// One (preset, optimizer) measurement.
@@ -76,11 +72,7 @@ pub struct MemoryReport {
 fn rss() -> (u64, u64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or(0, |kib| kib * 1024)
+        status.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).map_or(0, |kib| kib * 1024)
     };
     (field("VmRSS:"), field("VmHWM:"))
 }

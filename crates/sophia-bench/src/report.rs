@@ -14,14 +14,7 @@ use crate::throughput::ThroughputReport;
 
 /// The result files the report reads, relative to the results directory, and names as not
 /// measured when they are absent (the other [`COMPARISONS`] are optional variants).
-pub const FILES: [&str; 6] = [
-    "default-run.json",
-    "compare.json",
-    "compare-bpe.json",
-    "bench-step.json",
-    "memory.json",
-    "throughput.json",
-];
+pub const FILES: [&str; 6] = ["default-run.json", "compare.json", "compare-bpe.json", "bench-step.json", "memory.json", "throughput.json"];
 
 /// The comparisons (`bench compare --out results/NAME`) the report shows, in order: each one's
 /// file and its section's title.
@@ -61,11 +54,7 @@ pub fn render(results: &Path, notes: Option<&str>) -> Result<String, crate::Benc
     );
     let mut missing = Vec::new();
     // A result file's contents, or `None` (noted as not measured) when it does not exist.
-    fn read<T: serde::de::DeserializeOwned>(
-        results: &Path,
-        name: &'static str,
-        missing: &mut Vec<&'static str>,
-    ) -> Result<Option<T>, crate::BenchError> {
+    fn read<T: serde::de::DeserializeOwned>(results: &Path, name: &'static str, missing: &mut Vec<&'static str>) -> Result<Option<T>, crate::BenchError> {
         let path = results.join(name);
         if !path.is_file() {
             missing.push(name);
@@ -81,37 +70,12 @@ pub fn render(results: &Path, notes: Option<&str>) -> Result<String, crate::Benc
             run.run_dir.display()
         );
         out.push_str("![training curves](default-run.png)\n\n| figure | value |\n|---|---|\n");
-        let _ = writeln!(
-            out,
-            "| model | {} parameters, {} optimizer |",
-            run.parameters, run.optimizer
-        );
-        let _ = writeln!(
-            out,
-            "| training | {} steps, {} tokens in {:.0} s ({:.0} tokens/s) |",
-            run.steps, run.tokens, run.seconds, run.tokens_per_sec
-        );
-        let _ = writeln!(
-            out,
-            "| final validation loss | {:.4} (best {:.4}) |",
-            run.final_val_loss, run.best_val_loss
-        );
-        let _ = writeln!(
-            out,
-            "| unigram baseline of the corpus | {:.4} |",
-            run.unigram_val_loss
-        );
-        let _ = writeln!(
-            out,
-            "| Hessian refreshes | {}, {:.1}% of wall time |",
-            run.refreshes,
-            100.0 * run.hessian_time_fraction
-        );
-        let _ = writeln!(
-            out,
-            "| final win rate | {} |",
-            run.final_win_rate.map_or("-".into(), |w| format!("{w:.3}"))
-        );
+        let _ = writeln!(out, "| model | {} parameters, {} optimizer |", run.parameters, run.optimizer);
+        let _ = writeln!(out, "| training | {} steps, {} tokens in {:.0} s ({:.0} tokens/s) |", run.steps, run.tokens, run.seconds, run.tokens_per_sec);
+        let _ = writeln!(out, "| final validation loss | {:.4} (best {:.4}) |", run.final_val_loss, run.best_val_loss);
+        let _ = writeln!(out, "| unigram baseline of the corpus | {:.4} |", run.unigram_val_loss);
+        let _ = writeln!(out, "| Hessian refreshes | {}, {:.1}% of wall time |", run.refreshes, 100.0 * run.hessian_time_fraction);
+        let _ = writeln!(out, "| final win rate | {} |", run.final_win_rate.map_or("-".into(), |w| format!("{w:.3}")));
     }
 
     let mut optional = Vec::new();
@@ -131,10 +95,13 @@ pub fn render(results: &Path, notes: Option<&str>) -> Result<String, crate::Benc
             let _ = writeln!(
                 out,
                 "\nPaper's claim: SophiaG reaches AdamW's loss in about half the steps (ratio 0.5). Measured: {}.",
-                ratio.map_or(
-                    "SophiaG did not reach AdamW's final loss".into(),
-                    |r| format!("{}x over the {} of {} seeds that reached it ({})", r.display(2), sophia.reached, sophia.runs.len(), verdict(r.mean <= 0.5))
-                )
+                ratio.map_or("SophiaG did not reach AdamW's final loss".into(), |r| format!(
+                    "{}x over the {} of {} seeds that reached it ({})",
+                    r.display(2),
+                    sophia.reached,
+                    sophia.runs.len(),
+                    verdict(r.mean <= 0.5)
+                ))
             );
             let _ = writeln!(
                 out,
@@ -158,27 +125,16 @@ pub fn render(results: &Path, notes: Option<&str>) -> Result<String, crate::Benc
             let _ = writeln!(
                 out,
                 "| {} | {} | {} | {:.4} | {:.4} | {:.4} | {:.2} | {:.2}x |",
-                t.optimizer,
-                t.preset,
-                t.parameters,
-                t.min_secs,
-                t.median_secs,
-                t.max_secs,
-                t.ns_per_param,
-                t.ratio_to_adamw
+                t.optimizer, t.preset, t.parameters, t.min_secs, t.median_secs, t.max_secs, t.ns_per_param, t.ratio_to_adamw
             );
         }
         out.push('\n');
         for t in report.timings.iter().filter(|t| t.optimizer == "sophiag") {
-            let _ = writeln!(
-                out,
-                "- {}: SophiaG step {:.2}x AdamW's (target at most 1.05x: {}).",
-                t.preset,
-                t.ratio_to_adamw,
-                verdict(t.ratio_to_adamw <= 1.05)
-            );
+            let _ = writeln!(out, "- {}: SophiaG step {:.2}x AdamW's (target at most 1.05x: {}).", t.preset, t.ratio_to_adamw, verdict(t.ratio_to_adamw <= 1.05));
         }
-        for t in report.timings.iter().filter(|t| t.parameters > 100_000_000 && !t.optimizer.ends_with("(composed)") && !["sophiah", "muon", crate::step::MEMORY_FLOOR].contains(&t.optimizer.as_str())) {
+        for t in report.timings.iter().filter(|t| {
+            t.parameters > 100_000_000 && !t.optimizer.ends_with("(composed)") && !["sophiah", "muon", crate::step::MEMORY_FLOOR].contains(&t.optimizer.as_str())
+        }) {
             let _ = writeln!(
                 out,
                 "- {} on {}: {:.2} ns per parameter (target at most 0.6: {}, by a factor {:.2}).",
@@ -202,7 +158,8 @@ pub fn render(results: &Path, notes: Option<&str>) -> Result<String, crate::Benc
         for t in report.timings.iter().filter(|t| t.optimizer.ends_with("(composed)")) {
             let name = t.optimizer.trim_end_matches(" (composed)");
             if let Some(fused) = report.timings.iter().find(|f| f.optimizer == name && f.preset == t.preset) {
-                let _ = writeln!(out, "- {} on {}: the one-pass update is {:.2}x faster than the composed operations.", name, t.preset, t.median_secs / fused.median_secs);
+                let _ =
+                    writeln!(out, "- {} on {}: the one-pass update is {:.2}x faster than the composed operations.", name, t.preset, t.median_secs / fused.median_secs);
             }
         }
     }
@@ -214,7 +171,9 @@ pub fn render(results: &Path, notes: Option<&str>) -> Result<String, crate::Benc
             report.machine.describe()
         );
         out.push_str("![memory](../results/memory.png)\n\n");
-        out.push_str("| optimizer | preset | parameters | state bytes | bytes/param | baseline RSS (MiB) | peak RSS (MiB) | batch tokens |\n|---|---|---|---|---|---|---|---|\n");
+        out.push_str(
+            "| optimizer | preset | parameters | state bytes | bytes/param | baseline RSS (MiB) | peak RSS (MiB) | batch tokens |\n|---|---|---|---|---|---|---|---|\n",
+        );
         let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
         for e in &report.entries {
             let _ = writeln!(
@@ -231,16 +190,8 @@ pub fn render(results: &Path, notes: Option<&str>) -> Result<String, crate::Benc
             );
         }
         let check = |names: &[&str], bytes: f64| {
-            let rows: Vec<_> = report
-                .entries
-                .iter()
-                .filter(|e| names.contains(&e.optimizer.as_str()))
-                .collect();
-            if rows.is_empty() {
-                "not measured"
-            } else {
-                verdict(rows.iter().all(|e| e.state_bytes_per_param == bytes))
-            }
+            let rows: Vec<_> = report.entries.iter().filter(|e| names.contains(&e.optimizer.as_str())).collect();
+            if rows.is_empty() { "not measured" } else { verdict(rows.iter().all(|e| e.state_bytes_per_param == bytes)) }
         };
         let _ = writeln!(
             out,

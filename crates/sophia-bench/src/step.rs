@@ -78,30 +78,22 @@ impl MemoryFloor {
 
     fn pass(&mut self) {
         const CHUNK: usize = 1 << 15;
-        self.theta
-            .par_chunks_mut(CHUNK)
-            .zip(self.momentum.par_chunks_mut(CHUNK))
-            .zip(self.grad.par_chunks(CHUNK).zip(self.hessian.par_chunks(CHUNK)))
-            .for_each(|((theta, momentum), (grad, hessian))| {
+        self.theta.par_chunks_mut(CHUNK).zip(self.momentum.par_chunks_mut(CHUNK)).zip(self.grad.par_chunks(CHUNK).zip(self.hessian.par_chunks(CHUNK))).for_each(
+            |((theta, momentum), (grad, hessian))| {
                 for (((theta, momentum), grad), hessian) in theta.iter_mut().zip(momentum.iter_mut()).zip(grad).zip(hessian) {
                     *momentum += grad;
                     *theta -= hessian;
                 }
-            });
+            },
+        );
         std::hint::black_box(&self.theta);
     }
 }
 
 /// The optimizers compared, built exactly as a training run builds them (Muon on the blocks'
 /// matrices with AdamW on the rest; weight decay on the linear weights).
-const OPTIMIZERS: [OptimizerKind; 6] = [
-    OptimizerKind::AdamW,
-    OptimizerKind::SophiaG,
-    OptimizerKind::SophiaH,
-    OptimizerKind::Lion,
-    OptimizerKind::Tiger,
-    OptimizerKind::Muon,
-];
+const OPTIMIZERS: [OptimizerKind; 6] =
+    [OptimizerKind::AdamW, OptimizerKind::SophiaG, OptimizerKind::SophiaH, OptimizerKind::Lion, OptimizerKind::Tiger, OptimizerKind::Muon];
 
 /// The optimizers whose update has a one-pass form on flex (timed both ways; AdamW's and Lion's
 /// composed form is Burn's own optimizer).

@@ -142,7 +142,16 @@ pub fn peak_matmul_gflops(device: &Device, n: usize, repetitions: usize, kernels
 }
 
 /// Measure `presets` at `batch × block` tokens per step.
-pub fn run(presets: &[&str], kernels: &[Kernels], batch: usize, block: usize, repetitions: usize, device: &Device, backend: &str, progress: &mut dyn FnMut(&str)) -> Result<ThroughputReport, BenchError> {
+pub fn run(
+    presets: &[&str],
+    kernels: &[Kernels],
+    batch: usize,
+    block: usize,
+    repetitions: usize,
+    device: &Device,
+    backend: &str,
+    progress: &mut dyn FnMut(&str),
+) -> Result<ThroughputReport, BenchError> {
     let v = sophia_optim::Validator::new("bench throughput");
     v.at_least_one("repetitions", repetitions)?;
     v.at_least_one("batch", batch)?;
@@ -153,7 +162,14 @@ pub fn run(presets: &[&str], kernels: &[Kernels], batch: usize, block: usize, re
     progress(&format!("peak matmul ({peak_size}³, f32): {peak:.1} GFLOP/s (the backend's own matmul: {backend_peak:.1})"));
     let mut entries = Vec::new();
     for (&preset, &kernels) in presets.iter().flat_map(|p| kernels.iter().map(move |k| (p, k))) {
-        let config = |optimizer: OptimizerKind| TrainConfig { optimizer: optimizer.default_config(), preset: preset.into(), block_size: Some(block), batch_size: batch, kernels, ..TrainConfig::default() };
+        let config = |optimizer: OptimizerKind| TrainConfig {
+            optimizer: optimizer.default_config(),
+            preset: preset.into(),
+            block_size: Some(block),
+            batch_size: batch,
+            kernels,
+            ..TrainConfig::default()
+        };
         let model_config = config(OptimizerKind::AdamW).model_config()?;
         let mut model = Gpt2::new(&model_config, device, 0)?.with_kernels(kernels);
         let synthetic = crate::synthetic_batch(batch, block, model_config.vocab_size);
@@ -218,7 +234,14 @@ pub fn run(presets: &[&str], kernels: &[Kernels], batch: usize, block: usize, re
             minor_faults_per_step: faults / repetitions as f64,
         });
     }
-    Ok(ThroughputReport { machine: Machine::detect(backend), peak_matmul_gflops: peak, backend_matmul_gflops: backend_peak, peak_matmul_size: peak_size, repetitions, entries })
+    Ok(ThroughputReport {
+        machine: Machine::detect(backend),
+        peak_matmul_gflops: peak,
+        backend_matmul_gflops: backend_peak,
+        peak_matmul_size: peak_size,
+        repetitions,
+        entries,
+    })
 }
 
 /// Minor page faults of this process so far (0 where the platform does not say).

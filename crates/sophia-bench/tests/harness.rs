@@ -7,8 +7,8 @@ use sophia_bench::compare::{CompareReport, CurvePoint, OptimizerResult, SeedRun,
 use sophia_bench::machine::Machine;
 use sophia_bench::memory::{MemoryEntry, MemoryReport, state_bytes};
 use sophia_bench::{compare, memory, report, throughput};
-use sophia_train::train::{OptimizerConfig, OptimizerKind, SophiaGSettings, TrainConfig};
 use sophia_gpt2::{Gpt2, Gpt2Config};
+use sophia_train::train::{OptimizerConfig, OptimizerKind, SophiaGSettings, TrainConfig};
 
 fn scratch(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("sophia-bench-{name}-{}", std::process::id()));
@@ -91,11 +91,8 @@ fn steps_to_adamw_loss_and_ratios_over_seeds() {
     // AdamW's two seeds halve their loss every 10 steps from 8 and from 8·√2: the mean curve
     // is 8·(1 + √2)/2 · 0.5^i, the target its last point, reached by the mean curve at step 100.
     let half = 0.5f64;
-    let mut results = vec![
-        result("adamw", &[(8.0, half), (8.0 * 2f64.sqrt(), half)]),
-        result("fast", &[(8.0, 0.25), (8.0, 0.3)]),
-        result("slow", &[(8.0, 0.9), (8.0, 0.95)]),
-    ];
+    let mut results =
+        vec![result("adamw", &[(8.0, half), (8.0 * 2f64.sqrt(), half)]), result("fast", &[(8.0, 0.25), (8.0, 0.3)]), result("slow", &[(8.0, 0.9), (8.0, 0.95)])];
     let (target, adamw_steps) = rank_against_adamw(&mut results).unwrap();
     let expected = 8.0 * (1.0 + 2f64.sqrt()) / 2.0 * half.powi(10);
     assert!((target - expected).abs() < 1e-12, "{target} vs {expected}");
@@ -165,7 +162,8 @@ fn compare_report_round_trips_and_draws_its_table_and_plots() {
     std::fs::copy(&json, dir.join("compare-bpe.json")).unwrap();
     std::fs::copy(&json, dir.join("compare-long.json")).unwrap();
     let page = report::render(&dir, None).unwrap();
-    let sections: Vec<usize> = ["the char regime (", "the char regime, three times as long", "the BPE regime"].iter().map(|t| page.find(t).unwrap_or_else(|| panic!("{t}: {page}"))).collect();
+    let sections: Vec<usize> =
+        ["the char regime (", "the char regime, three times as long", "the BPE regime"].iter().map(|t| page.find(t).unwrap_or_else(|| panic!("{t}: {page}"))).collect();
     assert!(sections.is_sorted(), "in order: {page}");
     assert!(page.contains("../results/compare-bpe.png") && page.contains("../results/compare-long.png") && !page.contains("compare-bpe-lr-rho.png"), "{page}");
     assert_eq!(page.matches("Paper's claim").count(), 3, "{page}");
@@ -179,8 +177,12 @@ fn optimizer_state_sizes_are_exact() {
     let config = Gpt2Config::new(1, 2, 16, 16, 50_257);
     let model = Gpt2::new(&config, &device, 0).unwrap();
     let params = model.num_params() as u64;
-    let bytes = |optimizer: OptimizerKind| state_bytes(&TrainConfig { optimizer: optimizer.default_config(), model: Some(config.clone()), ..TrainConfig::default() }, &model, &device).unwrap();
-    for (optimizer, per_param) in [(OptimizerKind::AdamW, 8), (OptimizerKind::SophiaG, 8), (OptimizerKind::SophiaH, 8), (OptimizerKind::Lion, 4), (OptimizerKind::Tiger, 4)] {
+    let bytes = |optimizer: OptimizerKind| {
+        state_bytes(&TrainConfig { optimizer: optimizer.default_config(), model: Some(config.clone()), ..TrainConfig::default() }, &model, &device).unwrap()
+    };
+    for (optimizer, per_param) in
+        [(OptimizerKind::AdamW, 8), (OptimizerKind::SophiaG, 8), (OptimizerKind::SophiaH, 8), (OptimizerKind::Lion, 4), (OptimizerKind::Tiger, 4)]
+    {
         assert_eq!(bytes(optimizer), per_param * params, "{optimizer}");
     }
     // Muon keeps one momentum for the blocks' matrices and AdamW's two moments elsewhere.

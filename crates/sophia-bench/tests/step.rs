@@ -11,7 +11,23 @@ fn step_report_has_every_optimizer_and_consistent_ratios() {
     let device = Device::flex().autodiff();
     let report = run(&["cpu-1m"], 2, &device, "flex", &mut |_| {}).unwrap();
     let names: Vec<&str> = report.timings.iter().map(|t| t.optimizer.as_str()).collect();
-    assert_eq!(names, ["adamw", "sophiag", "sophiah", "lion", "tiger", "muon", "adamw (composed)", "sophiag (composed)", "sophiah (composed)", "lion (composed)", "tiger (composed)", "memory floor"]);
+    assert_eq!(
+        names,
+        [
+            "adamw",
+            "sophiag",
+            "sophiah",
+            "lion",
+            "tiger",
+            "muon",
+            "adamw (composed)",
+            "sophiag (composed)",
+            "sophiah (composed)",
+            "lion (composed)",
+            "tiger (composed)",
+            "memory floor"
+        ]
+    );
     for t in &report.timings {
         assert!(t.min_secs <= t.median_secs && t.median_secs <= t.max_secs, "{t:?}");
         assert!((t.ns_per_param - t.median_secs * 1e9 / t.parameters as f64).abs() < 1e-6 * t.ns_per_param);

@@ -106,10 +106,7 @@ impl Tolerance {
             }
         }
         if let Some((i, _)) = worst {
-            panic!(
-                "{what}: element {i} is {} but the reference is {} (rtol {}, atol {} on {})",
-                got[i], want[i], this.rtol, this.atol, test_backend()
-            );
+            panic!("{what}: element {i} is {} but the reference is {} (rtol {}, atol {} on {})", got[i], want[i], this.rtol, this.atol, test_backend());
         }
     }
 
@@ -137,8 +134,7 @@ pub struct RecordedState {
 impl RecordedState {
     /// Serialize `record` and read it back.
     pub fn read(record: burn::optim::OptimizerRecord) -> Self {
-        let reader = burn_pack::Reader::from_bytes(record.into_bytes().expect("record serializes"))
-            .expect("record reads back");
+        let reader = burn_pack::Reader::from_bytes(record.into_bytes().expect("record serializes")).expect("record reads back");
         let tensors = reader
             .tensor_names()
             .into_iter()
@@ -158,9 +154,6 @@ impl RecordedState {
 
     /// The integer scalar `leaf` of parameter `id` (0 when absent).
     pub fn scalar(&self, id: burn::module::ParamId, leaf: &str) -> usize {
-        self.scalars
-            .get(&format!("{}.{leaf}", id.val()))
-            .map(|s| usize::try_from(*s).ok().expect("integer scalar"))
-            .unwrap_or(0)
+        self.scalars.get(&format!("{}.{leaf}", id.val())).map(|s| usize::try_from(*s).ok().expect("integer scalar")).unwrap_or(0)
     }
 }

@@ -60,11 +60,7 @@ impl CausalSelfAttention {
     /// GPT-2's own attention: every head its own keys and values, no rotary embedding, no
     /// QK-norm, no attention dropout, f32 products ([`causal_attention_with`]).
     fn is_plain(&self) -> bool {
-        self.n_kv_head == self.n_head
-            && self.rope_theta.is_none()
-            && self.qk_norm_epsilon.is_none()
-            && self.attn_dropout.prob == 0.0
-            && self.precision == Precision::F32
+        self.n_kv_head == self.n_head && self.rope_theta.is_none() && self.qk_norm_epsilon.is_none() && self.attn_dropout.prob == 0.0 && self.precision == Precision::F32
     }
 
     /// Attention with the modern options (grouped-query attention, rotary embeddings, QK-norm),
@@ -122,12 +118,7 @@ pub fn causal_attention_with(kernels: Kernels, qkv: Tensor<3>, heads: usize) -> 
 fn split_heads(qkv: Tensor<3>, heads: usize, kv_heads: usize) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
     let [batch, seq, columns] = qkv.dims();
     let head_dim = columns / (heads + 2 * kv_heads);
-    let part = |start: usize, count: usize| {
-        qkv.clone()
-            .narrow(2, start * head_dim, count * head_dim)
-            .reshape([batch, seq, count, head_dim])
-            .swap_dims(1, 2)
-    };
+    let part = |start: usize, count: usize| qkv.clone().narrow(2, start * head_dim, count * head_dim).reshape([batch, seq, count, head_dim]).swap_dims(1, 2);
     (part(0, heads), part(heads, kv_heads), part(heads + kv_heads, kv_heads))
 }
 
@@ -173,9 +164,7 @@ fn rms_norm(x: Tensor<4>, epsilon: f64) -> Tensor<4> {
 /// Cosine and sine of the rotary angles `t · θ^(−2i/d)`, `[1, 1, seq, head_dim / 2]`.
 fn rotary_tables(seq: usize, head_dim: usize, theta: f64, device: &Device) -> (Tensor<4>, Tensor<4>) {
     let half = head_dim / 2;
-    let angles: Vec<f64> = (0..seq)
-        .flat_map(|t| (0..half).map(move |i| t as f64 * theta.powf(-2.0 * i as f64 / head_dim as f64)))
-        .collect();
+    let angles: Vec<f64> = (0..seq).flat_map(|t| (0..half).map(move |i| t as f64 * theta.powf(-2.0 * i as f64 / head_dim as f64))).collect();
     let table = |f: fn(f64) -> f64| {
         let values: Vec<f32> = angles.iter().map(|&a| f(a) as f32).collect();
         Tensor::<4>::from_data(TensorData::new(values, [1, 1, seq, half]), device)
@@ -188,11 +177,5 @@ fn rotate(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
     let half = x.dims()[3] / 2;
     let x1 = x.clone().narrow(3, 0, half);
     let x2 = x.narrow(3, half, half);
-    Tensor::cat(
-        vec![
-            x1.clone().mul(cos.clone()).sub(x2.clone().mul(sin.clone())),
-            x2.mul(cos).add(x1.mul(sin)),
-        ],
-        3,
-    )
+    Tensor::cat(vec![x1.clone().mul(cos.clone()).sub(x2.clone().mul(sin.clone())), x2.mul(cos).add(x1.mul(sin))], 3)
 }

@@ -88,7 +88,10 @@ pub const CHAR_VOCAB_PLACEHOLDER: usize = 96;
 /// Named model sizes: the four GPT-2 checkpoints, small CPU presets with the GPT-2 vocabulary,
 /// and nanoGPT's character-level model.
 pub const PRESETS: &[(&str, &str)] = &[
-    ("char", "nanoGPT's character-level Shakespeare model on a laptop, the default training run: 4 layers, 4 heads, 128 wide, context 64, about 0.8M parameters (the vocabulary comes from the corpus; 96 characters stand in for it until then)"),
+    (
+        "char",
+        "nanoGPT's character-level Shakespeare model on a laptop, the default training run: 4 layers, 4 heads, 128 wide, context 64, about 0.8M parameters (the vocabulary comes from the corpus; 96 characters stand in for it until then)",
+    ),
     ("gpt2", "GPT-2 small, 124M parameters (12 layers, 12 heads, 768 wide)"),
     ("gpt2-medium", "GPT-2 medium, 355M (24 layers, 16 heads, 1024 wide)"),
     ("gpt2-large", "GPT-2 large, 774M (36 layers, 20 heads, 1280 wide)"),
@@ -135,10 +138,7 @@ impl Gpt2Config {
             "cpu-1m" => (2, 2, 16, 128),
             "char" => return Ok(Self::new(4, 4, 128, 64, CHAR_VOCAB_PLACEHOLDER)),
             _ => {
-                return Err(ModelError::UnknownPreset {
-                    name: name.to_string(),
-                    known: PRESETS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
-                });
+                return Err(ModelError::UnknownPreset { name: name.to_string(), known: PRESETS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ") });
             }
         };
         Ok(Self::new(n_layer, n_head, n_embd, block_size, GPT2_VOCAB_SIZE))
@@ -167,10 +167,7 @@ impl Gpt2Config {
         }
         let hf: Hf = serde_json::from_str(text).map_err(|e| ModelError::NotGpt2Config(e.to_string()))?;
         if hf.activation_function != "gelu_new" {
-            return Err(ModelError::NotGpt2Config(format!(
-                "activation_function `{}` is not supported (GPT-2 uses `gelu_new`)",
-                hf.activation_function
-            )));
+            return Err(ModelError::NotGpt2Config(format!("activation_function `{}` is not supported (GPT-2 uses `gelu_new`)", hf.activation_function)));
         }
         let config = Self {
             layer_norm_epsilon: hf.layer_norm_epsilon,
@@ -194,13 +191,9 @@ impl Gpt2Config {
 
     /// Check that the shape is consistent; the error says what to change.
     pub fn validate(&self) -> Result<(), ModelError> {
-        for (name, value) in [
-            ("n_layer", self.n_layer),
-            ("n_head", self.n_head),
-            ("n_embd", self.n_embd),
-            ("block_size", self.block_size),
-            ("vocab_size", self.vocab_size),
-        ] {
+        for (name, value) in
+            [("n_layer", self.n_layer), ("n_head", self.n_head), ("n_embd", self.n_embd), ("block_size", self.block_size), ("vocab_size", self.vocab_size)]
+        {
             if value == 0 {
                 return Err(ModelError::invalid(name, value, "must be at least 1"));
             }
@@ -238,11 +231,7 @@ impl Gpt2Config {
         let b = usize::from(self.bias);
         let qkv_out = (self.n_head + 2 * self.kv_heads()) * self.head_dim();
         let layer_norm = c + b * c;
-        let block = 2 * layer_norm
-            + c * qkv_out + b * qkv_out
-            + c * c + b * c
-            + c * 4 * c + b * 4 * c
-            + 4 * c * c + b * c;
+        let block = 2 * layer_norm + c * qkv_out + b * qkv_out + c * c + b * c + c * 4 * c + b * 4 * c + 4 * c * c + b * c;
         let positions = if self.rope { 0 } else { self.block_size * c };
         let head = if self.untied_head { v * c } else { 0 };
         v * c + positions + l * block + layer_norm + head

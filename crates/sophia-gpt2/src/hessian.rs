@@ -24,8 +24,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sophia_optim::{HessianEstimator, Refresh, draw_seed};
 
-use crate::error::ModelError;
 use crate::Kernels;
+use crate::error::ModelError;
 use crate::loss::sample_labels_with;
 use crate::model::Gpt2;
 

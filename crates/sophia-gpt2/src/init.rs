@@ -19,8 +19,7 @@ pub(crate) struct ParamInit {
 impl ParamInit {
     pub(crate) fn new(config: &Gpt2Config, device: &Device) -> Self {
         let std = 0.02;
-        let projection_std =
-            if config.zero_init_projections { 0.0 } else { std / (2.0 * config.n_layer as f64).sqrt() };
+        let projection_std = if config.zero_init_projections { 0.0 } else { std / (2.0 * config.n_layer as f64).sqrt() };
         Self { device: device.clone(), std, projection_std, bias: config.bias, layer_norm_epsilon: config.layer_norm_epsilon }
     }
 
@@ -34,10 +33,7 @@ impl ParamInit {
     /// A Conv1D-layout linear layer `[d_in, d_out]`; `projection` marks a residual output.
     pub(crate) fn linear(&self, d_in: usize, d_out: usize, bias: bool, projection: bool) -> Linear {
         let std = if projection { self.projection_std } else { self.std };
-        Linear {
-            weight: self.normal([d_in, d_out], std),
-            bias: bias.then(|| Param::from_tensor(Tensor::zeros([d_out], &self.device))),
-        }
+        Linear { weight: self.normal([d_in, d_out], std), bias: bias.then(|| Param::from_tensor(Tensor::zeros([d_out], &self.device))) }
     }
 
     pub(crate) fn embedding(&self, n: usize, d: usize) -> Embedding {

@@ -10,11 +10,11 @@ use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm};
 use burn::tensor::{Device, Int, Tensor};
 
+use crate::Kernels;
 use crate::attention::CausalSelfAttention;
 use crate::config::Gpt2Config;
 use crate::error::ModelError;
 use crate::init::ParamInit;
-use crate::Kernels;
 use crate::loss::{cross_entropy_with, linear_cross_entropy_on_sampled_labels, linear_cross_entropy_with, sample_labels_with};
 use crate::mlp::Mlp;
 use crate::norm::layer_norm_with;

@@ -33,8 +33,7 @@ impl Gpt2 {
     /// safetensors file at `path` (F32, F16 or BF16; converted to f32).
     pub fn load_safetensors(self, path: impl AsRef<Path>) -> Result<Self, ModelError> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path)
-            .map_err(|e| ModelError::WeightFile { path: path.display().to_string(), reason: e.to_string() })?;
+        let bytes = std::fs::read(path).map_err(|e| ModelError::WeightFile { path: path.display().to_string(), reason: e.to_string() })?;
         self.load_safetensors_bytes(&bytes).map_err(|e| match e {
             ModelError::WeightFile { reason, .. } => ModelError::WeightFile { path: path.display().to_string(), reason },
             other => other,
@@ -77,10 +76,7 @@ impl Gpt2 {
 
     /// All parameters as `(Hugging Face name, f32 data)`, in module order.
     pub fn named_tensors(&self) -> Vec<(String, TensorData)> {
-        self.collect(true)
-            .into_iter()
-            .map(|p| (p.name, p.data.expect("collected with data").convert::<f32>()))
-            .collect()
+        self.collect(true).into_iter().map(|p| (p.name, p.data.expect("collected with data").convert::<f32>())).collect()
     }
 
     fn collect(&self, with_data: bool) -> Vec<NamedParam> {
@@ -105,8 +101,7 @@ impl Gpt2 {
         let views: BTreeMap<String, safetensors::tensor::TensorView<'_>> = tensors
             .iter()
             .map(|(name, data)| {
-                let view = safetensors::tensor::TensorView::new(Dtype::F32, data.shape().to_vec(), data.as_bytes())
-                    .expect("f32 data matches its shape");
+                let view = safetensors::tensor::TensorView::new(Dtype::F32, data.shape().to_vec(), data.as_bytes()).expect("f32 data matches its shape");
                 (name.clone(), view)
             })
             .collect();
@@ -164,11 +159,7 @@ struct Loader<'a> {
 impl Loader<'_> {
     fn tensor(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>, ModelError> {
         let prefixed = format!("transformer.{name}");
-        let view = self
-            .file
-            .tensor(name)
-            .or_else(|_| self.file.tensor(&prefixed))
-            .map_err(|_| ModelError::MissingTensor { name: name.to_string() })?;
+        let view = self.file.tensor(name).or_else(|_| self.file.tensor(&prefixed)).map_err(|_| ModelError::MissingTensor { name: name.to_string() })?;
         if view.shape() != expected {
             return Err(ModelError::ShapeMismatch { name: name.to_string(), expected: expected.to_vec(), found: view.shape().to_vec() });
         }
@@ -249,9 +240,7 @@ impl ModuleMapper for StableIds {
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         // FNV-1a of the name: stable across runs, platforms and Rust versions.
-        let id = hf_name(&self.path)
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| (hash ^ byte as u64).wrapping_mul(0x0100_0000_01b3));
+        let id = hf_name(&self.path).bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| (hash ^ byte as u64).wrapping_mul(0x0100_0000_01b3));
         let (_, value, mapper) = param.consume();
         Param::from_mapped_value(ParamId::from(id), value, mapper)
     }

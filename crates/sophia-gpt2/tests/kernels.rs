@@ -162,10 +162,13 @@ fn sampled_linear_cross_entropy_matches_the_reference(x: &Tensor<2>, weight: &Te
             let logits: Vec<f64> = ws.chunks_exact(width).map(|w| xs[i * width..(i + 1) * width].iter().zip(w).map(|(&a, &b)| a as f64 * b as f64).sum()).collect();
             let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let total: f64 = logits.iter().map(|l| (l - max).exp()).sum();
-            logits.iter().scan(0.0, |acc, l| {
-                *acc += (l - max).exp() / total;
-                Some(*acc)
-            }).collect()
+            logits
+                .iter()
+                .scan(0.0, |acc, l| {
+                    *acc += (l - max).exp() / total;
+                    Some(*acc)
+                })
+                .collect()
         })
         .collect();
     let mut drawn = Vec::new();
@@ -641,4 +644,3 @@ fn assert_same_on_one_two_and_three_threads<T: PartialEq + Send>(what: &str, run
 fn the_fused_path_is_the_one_taken_on_flex() {
     assert_eq!(sophia_gpt2::kernels::fused_available(&Device::flex()), cfg!(feature = "flex"));
 }
-

@@ -127,10 +127,7 @@ fn gradients_match_finite_differences_for_every_option() {
         // Richardson extrapolation cancels the O(ε²) error of the central difference, which is
         // large here because every parameter moves at once.
         let numeric = (4.0 * central(5e-4) - central(1e-3)) / 3.0;
-        assert!(
-            (numeric - directional).abs() <= 0.01 * directional.abs() + 2e-3,
-            "{name}: directional derivative {directional} but finite difference {numeric}"
-        );
+        assert!((numeric - directional).abs() <= 0.01 * directional.abs() + 2e-3, "{name}: directional derivative {directional} but finite difference {numeric}");
     }
 }
 

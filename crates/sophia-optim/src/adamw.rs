@@ -74,13 +74,8 @@ impl AdamWConfig {
     /// Build the bare optimizer, or say which field is invalid.
     pub fn try_build(&self) -> Result<AdamW, ConfigError> {
         self.validate()?;
-        let constants = Constants {
-            beta_1: self.beta_1 as f32,
-            beta_2: self.beta_2 as f32,
-            epsilon: self.epsilon as f32,
-            weight_decay: self.weight_decay as f32,
-            fused: self.fused,
-        };
+        let constants =
+            Constants { beta_1: self.beta_1 as f32, beta_2: self.beta_2 as f32, epsilon: self.epsilon as f32, weight_decay: self.weight_decay as f32, fused: self.fused };
         let composed = burn::optim::AdamWConfig::new()
             .with_beta_1(constants.beta_1)
             .with_beta_2(constants.beta_2)
@@ -96,13 +91,7 @@ constructors!(AdamWConfig, AdamW, ModuleOptimizer, "AdamW");
 impl Optimizer for AdamW {
     type State<const D: usize> = AdamWState<D>;
 
-    fn step<const D: usize>(
-        &self,
-        lr: LearningRate,
-        tensor: Tensor<D>,
-        grad: Tensor<D>,
-        state: Option<Self::State<D>>,
-    ) -> (Tensor<D>, Option<Self::State<D>>) {
+    fn step<const D: usize>(&self, lr: LearningRate, tensor: Tensor<D>, grad: Tensor<D>, state: Option<Self::State<D>>) -> (Tensor<D>, Option<Self::State<D>>) {
         #[cfg(feature = "flex")]
         let state = match state {
             Some(AdamWState { momentum: s })

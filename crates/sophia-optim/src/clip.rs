@@ -73,11 +73,7 @@ impl GlobalNormClip {
     /// [`GradNorm::is_finite`] and skip the step.
     pub fn clip<M: Module>(&self, module: &M, mut grads: GradientsParams) -> (GradientsParams, GradNorm) {
         let norm = norm_of(module, &grads, self.fused);
-        let scale = if norm.total_norm.is_finite() {
-            (self.max_norm / (norm.total_norm + 1e-6)).min(1.0)
-        } else {
-            1.0
-        };
+        let scale = if norm.total_norm.is_finite() { (self.max_norm / (norm.total_norm + 1e-6)).min(1.0) } else { 1.0 };
         if scale < 1.0 {
             module.visit(&mut ScaleGrads { grads: &mut grads, scale });
         }
@@ -96,7 +92,8 @@ fn norm_of<M: Module>(module: &M, grads: &GradientsParams, fused: bool) -> GradN
     // The sums still on the device, read back in one transfer.
     let pending: Vec<Tensor<1>> = squares.sums.iter().filter_map(|sum| if let SquareSum::OnDevice(t) = sum { Some(t.clone()) } else { None }).collect();
     let mut read = if pending.is_empty() { Vec::new() } else { Tensor::cat(pending, 0).into_data().iter::<f64>().collect() }.into_iter();
-    let sums: Vec<f64> = squares.sums.into_iter().map(|sum| if let SquareSum::Read(value) = sum { value } else { read.next().expect("one value per pending sum") }).collect();
+    let sums: Vec<f64> =
+        squares.sums.into_iter().map(|sum| if let SquareSum::Read(value) = sum { value } else { read.next().expect("one value per pending sum") }).collect();
     let total_norm = sums.iter().sum::<f64>().sqrt();
     let per_tensor = squares.ids.into_iter().zip(sums.iter().map(|s| s.sqrt())).collect();
     GradNorm { total_norm, per_tensor, scale: 1.0, clipped: false }

@@ -302,11 +302,7 @@ impl SophiaControl {
         let device = module_device(&module);
         let schedule = self.shared.schedule;
         let before = self.updates_taken(&device);
-        let module = if schedule.due_before_update(before) {
-            self.refresh_from(optim, module, estimator, Refresh { update: before })?
-        } else {
-            module
-        };
+        let module = if schedule.due_before_update(before) { self.refresh_from(optim, module, estimator, Refresh { update: before })? } else { module };
         let wins = WinCount { stats: self.shared.collect_win_rate.load(Ordering::Acquire), auto_rho: self.shared.auto_rho.is_some() };
         let pass = Pass::Update { wins };
         let module = self.run_pass(optim, &device, pass, |optim| optim.step(lr, module, grads));
@@ -325,7 +321,12 @@ impl SophiaControl {
 
     /// Refresh `h` now from `estimator`'s estimate at `module` (for the coming update), whatever
     /// the schedule says: the refresh [`step`](Self::step) runs when one is due.
-    pub fn refresh_with<M: Module, E: HessianEstimator<M> + ?Sized>(&self, optim: &mut ModuleOptimizer, module: M, estimator: &mut E) -> Result<M, RefreshError<E::Error>> {
+    pub fn refresh_with<M: Module, E: HessianEstimator<M> + ?Sized>(
+        &self,
+        optim: &mut ModuleOptimizer,
+        module: M,
+        estimator: &mut E,
+    ) -> Result<M, RefreshError<E::Error>> {
         let update = self.updates_taken(&module_device(&module));
         self.refresh_from(optim, module, estimator, Refresh { update })
     }

@@ -37,58 +37,31 @@ impl Validator {
     }
 
     fn error(&self, field: &'static str, value: impl fmt::Display, expected: &'static str) -> ConfigError {
-        ConfigError {
-            component: self.component,
-            field,
-            value: value.to_string(),
-            expected,
-        }
+        ConfigError { component: self.component, field, value: value.to_string(), expected }
     }
 
     /// `0 <= value < 1`: EMA coefficients (betas).
     pub fn unit_interval(&self, field: &'static str, value: f64) -> Result<(), ConfigError> {
-        if (0.0..1.0).contains(&value) {
-            Ok(())
-        } else {
-            Err(self.error(field, value, "a number in [0, 1)"))
-        }
+        if (0.0..1.0).contains(&value) { Ok(()) } else { Err(self.error(field, value, "a number in [0, 1)")) }
     }
 
     /// `0 < value < inf`.
     pub fn positive(&self, field: &'static str, value: f64) -> Result<(), ConfigError> {
-        if value > 0.0 && value.is_finite() {
-            Ok(())
-        } else {
-            Err(self.error(field, value, "a finite number > 0"))
-        }
+        if value > 0.0 && value.is_finite() { Ok(()) } else { Err(self.error(field, value, "a finite number > 0")) }
     }
 
     /// `0 <= value < inf`.
     pub fn non_negative(&self, field: &'static str, value: f64) -> Result<(), ConfigError> {
-        if value >= 0.0 && value.is_finite() {
-            Ok(())
-        } else {
-            Err(self.error(field, value, "a finite number >= 0"))
-        }
+        if value >= 0.0 && value.is_finite() { Ok(()) } else { Err(self.error(field, value, "a finite number >= 0")) }
     }
 
     /// A count that must be at least one.
     pub fn at_least_one(&self, field: &'static str, value: usize) -> Result<(), ConfigError> {
-        if value >= 1 {
-            Ok(())
-        } else {
-            Err(self.error(field, value, "an integer >= 1"))
-        }
+        if value >= 1 { Ok(()) } else { Err(self.error(field, value, "an integer >= 1")) }
     }
 
     /// A custom condition with its own wording of the allowed range.
-    pub fn require(
-        &self,
-        ok: bool,
-        field: &'static str,
-        value: impl fmt::Display,
-        expected: &'static str,
-    ) -> Result<(), ConfigError> {
+    pub fn require(&self, ok: bool, field: &'static str, value: impl fmt::Display, expected: &'static str) -> Result<(), ConfigError> {
         if ok { Ok(()) } else { Err(self.error(field, value, expected)) }
     }
 }

@@ -155,7 +155,13 @@ pub(crate) struct SophiaUpdate {
 ///
 /// Returns the new parameter, the new momentum and the number of coordinates whose ratio was
 /// not clipped (`|r| < 1`).
-pub(crate) fn sophia_update<const D: usize>(update: &SophiaUpdate, tensor: Tensor<D>, grad: Tensor<D>, momentum: Tensor<D>, hessian: &Tensor<D>) -> (Tensor<D>, Tensor<D>, u64) {
+pub(crate) fn sophia_update<const D: usize>(
+    update: &SophiaUpdate,
+    tensor: Tensor<D>,
+    grad: Tensor<D>,
+    momentum: Tensor<D>,
+    hessian: &Tensor<D>,
+) -> (Tensor<D>, Tensor<D>, u64) {
     let (mut theta, grad, mut momentum, hessian) = (primitive(tensor), primitive(grad), primitive(momentum), primitive(hessian.clone()));
     let (g, h) = (elements(&grad), elements(&hessian));
     let theta_elements = elements_mut(&mut theta);
@@ -223,7 +229,13 @@ pub(crate) struct AdamWUpdate {
 /// ```
 ///
 /// Returns the new parameter and moments.
-pub(crate) fn adamw_update<const D: usize>(update: &AdamWUpdate, tensor: Tensor<D>, grad: Tensor<D>, moment_1: Tensor<D>, moment_2: Tensor<D>) -> (Tensor<D>, Tensor<D>, Tensor<D>) {
+pub(crate) fn adamw_update<const D: usize>(
+    update: &AdamWUpdate,
+    tensor: Tensor<D>,
+    grad: Tensor<D>,
+    moment_1: Tensor<D>,
+    moment_2: Tensor<D>,
+) -> (Tensor<D>, Tensor<D>, Tensor<D>) {
     let (mut theta, grad, mut moment_1, mut moment_2) = (primitive(tensor), primitive(grad), primitive(moment_1), primitive(moment_2));
     let g = elements(&grad);
     let (theta_elements, m_elements, v_elements) = (elements_mut(&mut theta), elements_mut(&mut moment_1), elements_mut(&mut moment_2));
@@ -280,11 +292,7 @@ pub(crate) fn lion_update<const D: usize>(update: &LionUpdate, tensor: Tensor<D>
     let theta_elements = elements_mut(&mut theta);
     let momentum_elements = elements_mut(&mut momentum);
     let u = update;
-    theta_elements
-        .par_chunks_mut(CHUNK)
-        .zip(momentum_elements.par_chunks_mut(CHUNK))
-        .zip(g.par_chunks(CHUNK))
-        .for_each(|((theta, m), g)| lion_chunk(u, theta, m, g));
+    theta_elements.par_chunks_mut(CHUNK).zip(momentum_elements.par_chunks_mut(CHUNK)).zip(g.par_chunks(CHUNK)).for_each(|((theta, m), g)| lion_chunk(u, theta, m, g));
     (Tensor::from_primitive::<Flex>(theta), Tensor::from_primitive::<Flex>(momentum))
 }
 

@@ -41,12 +41,7 @@ impl Hutchinson {
     ///
     /// `gradient` returns the gradients of the loss at the parameters of the module it is
     /// given; it is called twice. The module's weights are not changed.
-    pub fn estimate<M: Module, E>(
-        &self,
-        module: &M,
-        draw: u64,
-        gradient: impl FnMut(&M) -> Result<GradientsParams, E>,
-    ) -> Result<GradientsParams, E> {
+    pub fn estimate<M: Module, E>(&self, module: &M, draw: u64, gradient: impl FnMut(&M) -> Result<GradientsParams, E>) -> Result<GradientsParams, E> {
         let direction = rademacher(module, draw_seed(self.seed, draw));
         let hv = hessian_vector_product(module, &direction, self.epsilon, gradient)?;
         let mut product = ElementwiseProduct { a: &direction, b: &hv, out: GradientsParams::new() };
@@ -117,9 +112,7 @@ impl ModuleVisitor for RademacherDraw {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let value = param.val();
         let shape = value.shape();
-        let signs: Vec<f32> = (0..shape.num_elements())
-            .map(|_| if self.rng.random::<bool>() { 1.0 } else { -1.0 })
-            .collect();
+        let signs: Vec<f32> = (0..shape.num_elements()).map(|_| if self.rng.random::<bool>() { 1.0 } else { -1.0 }).collect();
         let device = value.device().inner();
         self.out.register(param.id, Tensor::<D>::from_data(TensorData::new(signs, shape), &device));
     }

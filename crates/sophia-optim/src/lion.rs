@@ -69,11 +69,7 @@ impl LionConfig {
     pub fn try_build(&self) -> Result<Lion, ConfigError> {
         self.validate()?;
         let constants = Constants { beta_1: self.beta_1 as f32, beta_2: self.beta_2 as f32, weight_decay: self.weight_decay as f32, fused: self.fused };
-        let composed = burn::optim::LionConfig::new()
-            .with_beta_1(constants.beta_1)
-            .with_beta_2(constants.beta_2)
-            .with_weight_decay(constants.weight_decay)
-            .build();
+        let composed = burn::optim::LionConfig::new().with_beta_1(constants.beta_1).with_beta_2(constants.beta_2).with_weight_decay(constants.weight_decay).build();
         Ok(Lion { composed, constants })
     }
 }
@@ -83,13 +79,7 @@ constructors!(LionConfig, Lion, ModuleOptimizer, "Lion");
 impl Optimizer for Lion {
     type State<const D: usize> = LionState<D>;
 
-    fn step<const D: usize>(
-        &self,
-        lr: LearningRate,
-        tensor: Tensor<D>,
-        grad: Tensor<D>,
-        state: Option<Self::State<D>>,
-    ) -> (Tensor<D>, Option<Self::State<D>>) {
+    fn step<const D: usize>(&self, lr: LearningRate, tensor: Tensor<D>, grad: Tensor<D>, state: Option<Self::State<D>>) -> (Tensor<D>, Option<Self::State<D>>) {
         #[cfg(feature = "flex")]
         let state = match state {
             Some(state) if self.constants.fused && crate::fused::applies(&[&tensor, &grad, &state.momentum]) => {

@@ -53,18 +53,8 @@ impl WarmupCosineConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let v = Validator::new("WarmupCosine");
         v.positive("peak_lr", self.peak_lr)?;
-        v.require(
-            self.min_lr >= 0.0 && self.min_lr <= self.peak_lr,
-            "min_lr",
-            self.min_lr,
-            "a number in [0, peak_lr]",
-        )?;
-        v.require(
-            self.decay_iters > self.warmup_iters,
-            "decay_iters",
-            self.decay_iters,
-            "an integer > warmup_iters",
-        )?;
+        v.require(self.min_lr >= 0.0 && self.min_lr <= self.peak_lr, "min_lr", self.min_lr, "a number in [0, peak_lr]")?;
+        v.require(self.decay_iters > self.warmup_iters, "decay_iters", self.decay_iters, "an integer > warmup_iters")?;
         if let Some(initial) = self.initial_lr {
             v.non_negative("initial_lr", initial)?;
         }

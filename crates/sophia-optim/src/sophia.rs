@@ -38,8 +38,8 @@ use burn::optim::{Optimizer, RecordState};
 use burn::tensor::{Device, Tensor};
 
 use crate::LearningRate;
-use crate::clip::GlobalNormClip;
 use crate::auto_rho::AutoRho;
+use crate::clip::GlobalNormClip;
 use crate::control::{Pass, Schedule, SophiaControl, WinCount};
 use crate::error::{ConfigError, Validator};
 use crate::optimizer::SophiaOptimizer;
@@ -284,25 +284,14 @@ impl Sophia {
     }
 
     fn refresh<const D: usize>(&self, sample_input: Tensor<D>, state: Option<SophiaState<D>>) -> SophiaState<D> {
-        let state = state.unwrap_or_else(|| SophiaState {
-            momentum: sample_input.zeros_like(),
-            hessian: sample_input.zeros_like(),
-            step: 0,
-            scale: self.control.scale(),
-        });
+        let state =
+            state.unwrap_or_else(|| SophiaState { momentum: sample_input.zeros_like(), hessian: sample_input.zeros_like(), step: 0, scale: self.control.scale() });
         let sample = self.variant.sample(sample_input);
         let hessian = state.hessian.mul_scalar(self.beta_2).add(sample.mul_scalar(1.0 - self.beta_2));
         SophiaState { hessian, scale: self.control.scale(), ..state }
     }
 
-    fn update<const D: usize>(
-        &self,
-        lr: LearningRate,
-        tensor: Tensor<D>,
-        grad: Tensor<D>,
-        state: Option<SophiaState<D>>,
-        wins: WinCount,
-    ) -> (Tensor<D>, SophiaState<D>) {
+    fn update<const D: usize>(&self, lr: LearningRate, tensor: Tensor<D>, grad: Tensor<D>, state: Option<SophiaState<D>>, wins: WinCount) -> (Tensor<D>, SophiaState<D>) {
         #[cfg(feature = "flex")]
         let state = match state {
             Some(state) if self.fused && crate::fused::applies(&[&tensor, &grad, &state.momentum, &state.hessian]) => {
@@ -316,10 +305,7 @@ impl Sophia {
         };
         let scale = self.control.scale();
         let momentum = momentum.add(grad.mul_scalar(1.0 - self.beta_1));
-        let ratio = momentum
-            .clone()
-            .div(self.variant.preconditioner(hessian.clone(), scale))
-            .clamp(-1.0, 1.0);
+        let ratio = momentum.clone().div(self.variant.preconditioner(hessian.clone(), scale)).clamp(-1.0, 1.0);
         if wins.any() {
             self.control.record_wins(&ratio.device(), ratio.clone().abs().lower_elem(1.0), wins);
         }
@@ -335,7 +321,9 @@ impl Sophia {
         use crate::fused::{Preconditioner, SophiaUpdate};
         let scale = self.control.scale();
         let preconditioner = match self.variant {
-            SophiaVariant::GaussNewtonBartlett { batch_size, epsilon, .. } => Preconditioner::Scaled { scale: (scale * batch_size as f64) as f32, epsilon: epsilon as f32 },
+            SophiaVariant::GaussNewtonBartlett { batch_size, epsilon, .. } => {
+                Preconditioner::Scaled { scale: (scale * batch_size as f64) as f32, epsilon: epsilon as f32 }
+            }
             SophiaVariant::Hutchinson { epsilon, .. } => Preconditioner::Floored { scale: scale as f32, epsilon: epsilon as f32 },
         };
         let update = SophiaUpdate {
@@ -357,13 +345,7 @@ impl Sophia {
 impl Optimizer for Sophia {
     type State<const D: usize> = SophiaState<D>;
 
-    fn step<const D: usize>(
-        &self,
-        lr: LearningRate,
-        tensor: Tensor<D>,
-        grad: Tensor<D>,
-        state: Option<Self::State<D>>,
-    ) -> (Tensor<D>, Option<Self::State<D>>) {
+    fn step<const D: usize>(&self, lr: LearningRate, tensor: Tensor<D>, grad: Tensor<D>, state: Option<Self::State<D>>) -> (Tensor<D>, Option<Self::State<D>>) {
         let device = tensor.device();
         match self.control.pass(&device) {
             // The weights go back untouched: a refresh never changes a bit of them.

@@ -77,13 +77,7 @@ constructors!(TigerConfig, Tiger, ModuleOptimizer, "Tiger");
 impl Optimizer for Tiger {
     type State<const D: usize> = TigerState<D>;
 
-    fn step<const D: usize>(
-        &self,
-        lr: LearningRate,
-        tensor: Tensor<D>,
-        grad: Tensor<D>,
-        state: Option<Self::State<D>>,
-    ) -> (Tensor<D>, Option<Self::State<D>>) {
+    fn step<const D: usize>(&self, lr: LearningRate, tensor: Tensor<D>, grad: Tensor<D>, state: Option<Self::State<D>>) -> (Tensor<D>, Option<Self::State<D>>) {
         #[cfg(feature = "flex")]
         let state = match state {
             Some(state) if self.fused && !self.scale_by_rms && crate::fused::applies(&[&tensor, &grad, &state.momentum]) => {

@@ -1,9 +1,6 @@
 //! Invalid configuration gives a typed error naming the field, its value and the allowed range.
 
-use sophia_optim::{
-    AdamWConfig, ConfigError, GlobalNormClip, Hutchinson, LionConfig, SophiaGConfig, SophiaHConfig, TigerConfig,
-    WarmupCosineConfig,
-};
+use sophia_optim::{AdamWConfig, ConfigError, GlobalNormClip, Hutchinson, LionConfig, SophiaGConfig, SophiaHConfig, TigerConfig, WarmupCosineConfig};
 
 fn assert_rejects(result: Result<(), ConfigError>, field: &str, value: &str) {
     let err = result.expect_err(&format!("`{field}` = {value} must be rejected"));

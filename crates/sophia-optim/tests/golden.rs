@@ -12,10 +12,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::Deserialize;
 use serde_json::Value;
 use sophia_golden::{GoldenTensor, RecordedState, Tolerance, load};
-use sophia_optim::{
-    AdamWConfig, GlobalNormClip, HessianEstimator, LionConfig, Refresh, SophiaGConfig, SophiaHConfig, SophiaOptimizer, TigerConfig,
-    WarmupCosineConfig,
-};
+use sophia_optim::{AdamWConfig, GlobalNormClip, HessianEstimator, LionConfig, Refresh, SophiaGConfig, SophiaHConfig, SophiaOptimizer, TigerConfig, WarmupCosineConfig};
 
 const STATE_TOL: Tolerance = Tolerance::new(1e-5, 1e-6);
 const CLIP_TOL: Tolerance = Tolerance::new(1e-5, 1e-6);
@@ -219,44 +216,25 @@ fn driver(family: &str, first: &OptimizerStep, k: Option<usize>, fused: bool) ->
                 .try_init()
                 .unwrap(),
         ),
-        "lion" => Driver::Plain(
-            LionConfig::new()
-                .with_beta_1(h("beta1"))
-                .with_beta_2(h("beta2"))
-                .with_weight_decay(h("weight_decay"))
-                .with_fused(fused)
-                .try_init()
-                .unwrap(),
-        ),
-        "tiger" => Driver::Plain(
-            TigerConfig::new().with_beta(h("beta")).with_weight_decay(h("weight_decay")).with_fused(fused).try_init().unwrap(),
-        ),
+        "lion" => {
+            Driver::Plain(LionConfig::new().with_beta_1(h("beta1")).with_beta_2(h("beta2")).with_weight_decay(h("weight_decay")).with_fused(fused).try_init().unwrap())
+        }
+        "tiger" => Driver::Plain(TigerConfig::new().with_beta(h("beta")).with_weight_decay(h("weight_decay")).with_fused(fused).try_init().unwrap()),
         other => panic!("unknown optimizer family `{other}`"),
     }
 }
 
 fn family(name: &str) -> Family {
     match name {
-        "sophia_g" | "sophia_h" => {
-            Family { tensors: &[("m", "momentum"), ("h", "hessian")], step: Some("step") }
-        }
+        "sophia_g" | "sophia_h" => Family { tensors: &[("m", "momentum"), ("h", "hessian")], step: Some("step") },
         // Burn's AdamW keeps its moments under `momentum`, with the step count as `time`.
-        "adamw" => Family {
-            tensors: &[("m", "momentum.moment_1"), ("v", "momentum.moment_2")],
-            step: Some("momentum.time"),
-        },
+        "adamw" => Family { tensors: &[("m", "momentum.moment_1"), ("v", "momentum.moment_2")], step: Some("momentum.time") },
         "lion" | "tiger" => Family { tensors: &[("m", "momentum")], step: None },
         other => panic!("unknown optimizer family `{other}`"),
     }
 }
 
-fn check_state(
-    what: &str,
-    family: &Family,
-    params: &CaseTensors,
-    state: &RecordedState,
-    expected: &BTreeMap<String, Value>,
-) {
+fn check_state(what: &str, family: &Family, params: &CaseTensors, state: &RecordedState, expected: &BTreeMap<String, Value>) {
     let theta = tensors(&expected["theta"], "expected.theta");
     for (i, (got, want)) in params.values().iter().zip(&theta).enumerate() {
         STATE_TOL.assert_close(&format!("{what}: theta[{i}]"), got, &want.data);
@@ -280,10 +258,7 @@ fn check_state(
 fn refresh_input(step: &OptimizerStep) -> Vec<GoldenTensor> {
     step.inputs.get("ghat").cloned().unwrap_or_else(|| {
         let (u, hv) = (&step.inputs["u"], &step.inputs["hv"]);
-        u.iter()
-            .zip(hv)
-            .map(|(u, hv)| GoldenTensor { shape: u.shape.clone(), data: u.data.iter().zip(&hv.data).map(|(a, b)| a * b).collect() })
-            .collect()
+        u.iter().zip(hv).map(|(u, hv)| GoldenTensor { shape: u.shape.clone(), data: u.data.iter().zip(&hv.data).map(|(a, b)| a * b).collect() }).collect()
     })
 }
 
@@ -486,10 +461,7 @@ fn golden_lr_schedule() {
     assert!(!golden.cases.is_empty());
     for case in &golden.cases {
         let c = &case.config;
-        let mut schedule = WarmupCosineConfig::new(c.learning_rate, c.warmup_iters, c.lr_decay_iters)
-            .with_min_lr(c.min_lr)
-            .try_init()
-            .unwrap();
+        let mut schedule = WarmupCosineConfig::new(c.learning_rate, c.warmup_iters, c.lr_decay_iters).with_min_lr(c.min_lr).try_init().unwrap();
         assert_eq!(case.its.len(), case.lr.len(), "{}: its and lr lengths", case.name);
         for (&it, &want) in case.its.iter().zip(&case.lr) {
             SCHEDULE_TOL.assert_scalar(&format!("{} lr_at({it})", case.name), schedule.lr_at(it), want);

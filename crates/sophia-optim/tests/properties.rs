@@ -220,7 +220,6 @@ fn hutchinson_estimate_is_unbiased_for_the_diagonal() {
     assert_eq!(once, again);
 }
 
-
 // ---------------------------------------------------------------------------------------------
 // The schedule the optimizer owns, and loud failures.
 

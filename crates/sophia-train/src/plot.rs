@@ -114,17 +114,19 @@ fn draw_on<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, pa
         let pad = ((y1 - y0) * 0.05).max(1e-9);
         let mut chart = ChartBuilder::on(area);
         chart.caption(&panel.title, (FONT, 18)).margin(12).x_label_area_size(36).y_label_area_size(64);
-        let colors = [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(214, 39, 40), RGBColor(148, 103, 189), RGBColor(140, 86, 75), RGBColor(227, 119, 194)];
+        let colors = [
+            RGBColor(31, 119, 180),
+            RGBColor(255, 127, 14),
+            RGBColor(44, 160, 44),
+            RGBColor(214, 39, 40),
+            RGBColor(148, 103, 189),
+            RGBColor(140, 86, 75),
+            RGBColor(227, 119, 194),
+        ];
         macro_rules! lines {
             ($chart:expr) => {{
                 let mut chart = $chart;
-                chart
-                    .configure_mesh()
-                    .x_desc(&panel.x_label)
-                    .y_desc(&panel.y_label)
-                    .label_style((FONT, 13))
-                    .draw()
-                    .map_err(err)?;
+                chart.configure_mesh().x_desc(&panel.x_label).y_desc(&panel.y_label).label_style((FONT, 13)).draw().map_err(err)?;
                 for series in &panel.series {
                     let i = labels.iter().position(|&l| l == series.label).unwrap_or(0);
                     let color = colors[i % colors.len()];
@@ -134,12 +136,7 @@ fn draw_on<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, pa
                         let outline: Vec<(f64, f64)> = band.iter().map(|&(x, lo, _)| (x, lo)).chain(band.iter().rev().map(|&(x, _, hi)| (x, hi))).collect();
                         chart.draw_series(std::iter::once(Polygon::new(outline, color.mix(0.2).filled()))).map_err(err)?;
                     }
-                    let points: Vec<(f64, f64)> = series
-                        .points
-                        .iter()
-                        .copied()
-                        .filter(|(x, y)| x.is_finite() && y.is_finite() && (!panel.log_y || *y > 0.0))
-                        .collect();
+                    let points: Vec<(f64, f64)> = series.points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite() && (!panel.log_y || *y > 0.0)).collect();
                     chart
                         .draw_series(LineSeries::new(points, color.stroke_width(2)))
                         .map_err(err)?

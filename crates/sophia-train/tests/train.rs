@@ -8,8 +8,7 @@ use sophia_gpt2::{Gpt2, Gpt2Config, Precision};
 use sophia_optim::global_norm;
 use sophia_train::data::{Batch, BatchSampler, DataError, Gpt2Tokenizer, TokenFile, TokenizerKind, prepare};
 use sophia_train::train::{
-    NonFinitePolicy, OptimizerConfig, OptimizerKind, Rho, RunOptions, SophiaGSettings, SophiaHSettings, SweepGrid, TrainConfig, TrainingStep, metrics, sweep,
-    train,
+    NonFinitePolicy, OptimizerConfig, OptimizerKind, Rho, RunOptions, SophiaGSettings, SophiaHSettings, SweepGrid, TrainConfig, TrainingStep, metrics, sweep, train,
 };
 use sophia_train::{Backend, TrainError};
 
@@ -394,7 +393,9 @@ fn sharded_passes_compute_the_gradients_of_the_whole_batch() {
     // A batch of fewer sequences than shards (the memory bench steps one sequence) runs a shard
     // per sequence.
     let pair = Batch { batch_size: 2, block_size: block, inputs: batch.inputs[..2 * block].to_vec(), targets: batch.targets[..2 * block].to_vec() };
-    let bits = |(loss, norms, wte): (f64, Vec<f64>, Vec<f32>)| (loss.to_bits(), norms.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), wte.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+    let bits = |(loss, norms, wte): (f64, Vec<f64>, Vec<f32>)| {
+        (loss.to_bits(), norms.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), wte.iter().map(|x| x.to_bits()).collect::<Vec<_>>())
+    };
     assert_eq!(bits(sharded_gradients(&config, 5, &pair)), bits(sharded_gradients(&config, 2, &pair)), "5 shards of 2 sequences");
 
     let on = |threads: usize| {

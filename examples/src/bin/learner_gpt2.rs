@@ -37,7 +37,9 @@ use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, ExecutionError, Int, Tensor, TensorData, TensorReadError};
 use burn::train::metric::state::{FormatOptions, NumericMetricState};
-use burn::train::metric::{Adaptor, ItemLazy, LossInput, LossMetric, Metric, MetricAttributes, MetricMetadata, MetricName, Numeric, NumericAttributes, NumericEntry, SerializedEntry};
+use burn::train::metric::{
+    Adaptor, ItemLazy, LossInput, LossMetric, Metric, MetricAttributes, MetricMetadata, MetricName, Numeric, NumericAttributes, NumericEntry, SerializedEntry,
+};
 use burn::train::{ExecutionStrategy, InferenceStep, Learner, MultiDeviceOptim, SupervisedTraining, TrainOutput, TrainStep};
 use sophia_gpt2::{Gpt2, Gpt2Config};
 use sophia_optim::{GlobalNormClip, SophiaControl, SophiaGConfig, WarmupCosineConfig};
@@ -254,7 +256,12 @@ fn train(run: Run) -> anyhow::Result<Trained> {
     // Every device gets `steps` full batches: Burn sums what the devices return.
     let per_step = run.batch * run.devices;
     let train_windows = run.train.len().min(run.steps * per_step) / per_step * per_step;
-    anyhow::ensure!(train_windows > 0, "the training split holds {} windows of {BLOCK} tokens; {per_step} are needed for one step on {} device(s)", run.train.len(), run.devices);
+    anyhow::ensure!(
+        train_windows > 0,
+        "the training split holds {} windows of {BLOCK} tokens; {per_step} are needed for one step on {} device(s)",
+        run.train.len(),
+        run.devices
+    );
     let valid_windows = run.valid.len().min(4 * BATCH);
     anyhow::ensure!(valid_windows > 0, "the validation split is shorter than one window of {BLOCK} tokens");
 
@@ -270,10 +277,7 @@ fn train(run: Run) -> anyhow::Result<Trained> {
     let train_loader = DataLoaderBuilder::new(WindowBatcher).batch_size(run.batch).set_device(device.clone());
     let train_loader = if run.shuffle { train_loader.shuffle(0) } else { train_loader };
     let train_loader = train_loader.build(PartialDataset::new(run.train, 0, train_windows));
-    let valid_loader = DataLoaderBuilder::new(WindowBatcher)
-        .batch_size(BATCH)
-        .set_device(device.clone())
-        .build(PartialDataset::new(run.valid, 0, valid_windows));
+    let valid_loader = DataLoaderBuilder::new(WindowBatcher).batch_size(BATCH).set_device(device.clone()).build(PartialDataset::new(run.valid, 0, valid_windows));
 
     let strategy = match run.devices {
         1 => ExecutionStrategy::single(device),
@@ -449,7 +453,10 @@ mod tests {
             hessians(optimizer.to_record(), &initial_model(&device).unwrap())
         };
         let half_difference = relative(mean(&half), mean(&loop_h));
-        assert!(half_difference > 0.2 && half_difference > 10.0 * multi_difference, "one device's share of the batch gives another h: {half_difference} vs {multi_difference}");
+        assert!(
+            half_difference > 0.2 && half_difference > 10.0 * multi_difference,
+            "one device's share of the batch gives another h: {half_difference} vs {multi_difference}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -11,10 +11,10 @@
 //! the per-row log-sum-exp, so the backward pass is one pass and nothing is recomputed.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
-use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::{Flex, TensorMetadata, flex::FlexTensor};
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use rayon::prelude::*;
@@ -112,13 +112,10 @@ fn backward(logits: &FlexTensor, targets: &FlexTensor, lse: &FlexTensor, grad: &
     let lse = contiguous(lse);
     let scale = floats(&contiguous(grad))[0] / rows as f32;
     let mut out = vec![0.0f32; rows * vocab];
-    out.par_chunks_exact_mut(vocab)
-        .zip(floats(&x).par_chunks_exact(vocab))
-        .zip(floats(&lse).par_iter().zip(t.par_iter()))
-        .for_each(|((out, row), (&lse, &t))| {
-            softmax_row(row, lse, scale, out);
-            out[t] -= scale;
-        });
+    out.par_chunks_exact_mut(vocab).zip(floats(&x).par_chunks_exact(vocab)).zip(floats(&lse).par_iter().zip(t.par_iter())).for_each(|((out, row), (&lse, &t))| {
+        softmax_row(row, lse, scale, out);
+        out[t] -= scale;
+    });
     FlexTensor::from_data(TensorData::new(out, logits.shape()))
 }
 
@@ -209,4 +206,3 @@ fn inverse_cdf_impl(row: &[f32], max: f32, target: f32, acc: &mut f32) -> Option
     }
     None
 }
-

@@ -77,10 +77,7 @@ fn forward(x: &FlexTensor) -> FlexTensor {
     let x = contiguous(x);
     let input = floats(&x);
     let mut output = Vec::<f32>::with_capacity(input.len());
-    output.spare_capacity_mut()[..input.len()]
-        .par_chunks_mut(CHUNK)
-        .zip(input.par_chunks(CHUNK))
-        .for_each(|(y, x)| gelu_chunk(x, y));
+    output.spare_capacity_mut()[..input.len()].par_chunks_mut(CHUNK).zip(input.par_chunks(CHUNK)).for_each(|(y, x)| gelu_chunk(x, y));
     // SAFETY: every one of the first `input.len()` elements was written above.
     unsafe { output.set_len(input.len()) };
     FlexTensor::from_data(TensorData::new(output, x.shape()))

@@ -85,18 +85,16 @@ fn forward(x: &FlexTensor, gamma: &FlexTensor, beta: &FlexTensor, epsilon: f32) 
     let mut y = vec![0.0f32; rows * width];
     let mut normalized = vec![0.0f32; rows * width];
     let mut rstd = vec![0.0f32; rows];
-    y.par_chunks_mut(ROWS * width)
-        .zip(normalized.par_chunks_mut(ROWS * width))
-        .zip(rstd.par_chunks_mut(ROWS))
-        .zip(floats(&x).par_chunks(ROWS * width))
-        .for_each(|(((y, normalized), rstd), x)| {
+    y.par_chunks_mut(ROWS * width).zip(normalized.par_chunks_mut(ROWS * width)).zip(rstd.par_chunks_mut(ROWS)).zip(floats(&x).par_chunks(ROWS * width)).for_each(
+        |(((y, normalized), rstd), x)| {
             for (((y, normalized), r), x) in y.chunks_exact_mut(width).zip(normalized.chunks_exact_mut(width)).zip(rstd).zip(x.chunks_exact(width)) {
                 *r = normalize_row(x, normalized, epsilon);
                 for (((y, &n), &g), &b) in y.iter_mut().zip(normalized.iter()).zip(gamma).zip(beta) {
                     *y = n * g + b;
                 }
             }
-        });
+        },
+    );
     let shape = x.shape();
     (
         FlexTensor::from_data(TensorData::new(y, shape.clone())),

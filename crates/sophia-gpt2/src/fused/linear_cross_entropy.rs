@@ -331,7 +331,8 @@ impl<'a> Head<'a> {
         let out = Output(dweight.as_mut_ptr());
         let lanes = self.lanes();
         let regions = self.regions(&lanes, kept.as_deref_mut());
-        let partials: Vec<Vec<f32>> = lanes.into_par_iter().zip(regions).map(|(words, mut region)| self.backward_lane(words, targets, lse, scale, &out, &mut region)).collect();
+        let partials: Vec<Vec<f32>> =
+            lanes.into_par_iter().zip(regions).map(|(words, mut region)| self.backward_lane(words, targets, lse, scale, &out, &mut region)).collect();
         // SAFETY: the lanes' chunks cover every word, and each wrote its words' rows of ∂W.
         unsafe { dweight.set_len(self.vocab * self.width) };
         let mut partials = partials.into_iter();

@@ -83,7 +83,12 @@ impl Batch {
         (0..shards)
             .map(|i| {
                 let (start, end) = (bounds(i), bounds(i + 1));
-                Batch { batch_size: (end - start) / self.block_size, block_size: self.block_size, inputs: self.inputs[start..end].to_vec(), targets: self.targets[start..end].to_vec() }
+                Batch {
+                    batch_size: (end - start) / self.block_size,
+                    block_size: self.block_size,
+                    inputs: self.inputs[start..end].to_vec(),
+                    targets: self.targets[start..end].to_vec(),
+                }
             })
             .collect()
     }

@@ -154,10 +154,7 @@ pub fn prepare(data: &str, root: &Path, val_fraction: f64, tokenizer: TokenizerK
                     return Err(DataError::NoSuchPath(path.to_path_buf()));
                 }
                 let unknown: Vec<&str> = data.split('+').map(str::trim).filter(|n| !CORPORA.iter().any(|c| c.name == *n)).collect();
-                return Err(DataError::UnknownCorpus {
-                    name: unknown.join("+"),
-                    known: CORPORA.iter().map(|c| c.name).collect::<Vec<_>>().join(", "),
-                });
+                return Err(DataError::UnknownCorpus { name: unknown.join("+"), known: CORPORA.iter().map(|c| c.name).collect::<Vec<_>>().join(", ") });
             }
             (path.display().to_string(), read_text_path(path)?)
         }
@@ -269,9 +266,7 @@ impl Corpus {
         if !path.exists() {
             std::fs::create_dir_all(downloads).map_err(DataError::io(downloads))?;
             progress(&format!("fetching {what}"));
-            let output = command
-                .output()
-                .map_err(|e| DataError::Fetch { what: what.clone(), reason: format!("cannot run {tool} ({e})") })?;
+            let output = command.output().map_err(|e| DataError::Fetch { what: what.clone(), reason: format!("cannot run {tool} ({e})") })?;
             if !output.status.success() || !path.exists() {
                 let stderr = String::from_utf8_lossy(&output.stderr);
                 let tail: Vec<&str> = stderr.lines().rev().take(3).collect();

@@ -201,9 +201,7 @@ impl CharTokenizer {
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, DataError> {
         text.chars()
             .enumerate()
-            .map(|(position, c)| {
-                self.chars.binary_search(&c).map(|i| i as u32).map_err(|_| DataError::UnknownCharacter { character: c, position })
-            })
+            .map(|(position, c)| self.chars.binary_search(&c).map(|i| i as u32).map_err(|_| DataError::UnknownCharacter { character: c, position }))
             .collect()
     }
 
@@ -211,7 +209,9 @@ impl CharTokenizer {
     pub fn decode(&self, tokens: &[u32]) -> Result<String, DataError> {
         tokens
             .iter()
-            .map(|&t| self.chars.get(t as usize).copied().ok_or_else(|| DataError::Tokenizer(format!("token {t} is outside the vocabulary of {} characters", self.chars.len()))))
+            .map(|&t| {
+                self.chars.get(t as usize).copied().ok_or_else(|| DataError::Tokenizer(format!("token {t} is outside the vocabulary of {} characters", self.chars.len())))
+            })
             .collect()
     }
 }

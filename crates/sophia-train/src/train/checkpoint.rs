@@ -85,7 +85,9 @@ const MANIFEST: &str = "manifest.json";
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     /// Writing a checkpoint failed; the previous checkpoints and `latest` are untouched.
-    #[error("could not write checkpoint {path}: {reason}; the previous checkpoint and `latest` are intact (free disk space or fix the directory's permissions, then --resume)")]
+    #[error(
+        "could not write checkpoint {path}: {reason}; the previous checkpoint and `latest` are intact (free disk space or fix the directory's permissions, then --resume)"
+    )]
     Write {
         /// The file or directory.
         path: PathBuf,
@@ -104,7 +106,9 @@ pub enum CheckpointError {
         reasons: String,
     },
     /// The checkpoint belongs to another run.
-    #[error("checkpoint {path} was written by a different run: {what} differs (checkpoint: {theirs}, now: {ours}); resume with the same settings or start a new run with another --name")]
+    #[error(
+        "checkpoint {path} was written by a different run: {what} differs (checkpoint: {theirs}, now: {ours}); resume with the same settings or start a new run with another --name"
+    )]
     Mismatch {
         /// The checkpoint.
         path: PathBuf,
@@ -265,11 +269,7 @@ impl Checkpoints {
     fn complete(&self) -> Vec<PathBuf> {
         let mut names: Vec<String> = std::fs::read_dir(&self.dir)
             .map(|entries| {
-                entries
-                    .flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.starts_with("step-") && !n.ends_with(".partial"))
-                    .collect()
+                entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("step-") && !n.ends_with(".partial")).collect()
             })
             .unwrap_or_default();
         names.sort();

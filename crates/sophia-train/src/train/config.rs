@@ -200,15 +200,7 @@ pub struct SophiaGSettings {
 
 impl Default for SophiaGSettings {
     fn default() -> Self {
-        Self {
-            beta1: 0.965,
-            beta2: 0.95,
-            rho: Rho::Fixed(0.05),
-            epsilon: 1e-15,
-            hessian_interval: 10,
-            hessian_batch_fraction: 0.25,
-            clip_hessian_grad: true,
-        }
+        Self { beta1: 0.965, beta2: 0.95, rho: Rho::Fixed(0.05), epsilon: 1e-15, hessian_interval: 10, hessian_batch_fraction: 0.25, clip_hessian_grad: true }
     }
 }
 
@@ -696,7 +688,13 @@ impl HyperparameterPreset {
             "char-adamw" => preset("char-adamw", "char", char_adamw(), 1e-3, 0.1),
             "char-lion" => preset("char-lion", "char", OptimizerKind::Lion.default_config(), 3e-4, 0.3),
             "char-tiger" => preset("char-tiger", "char", OptimizerKind::Tiger.default_config(), 3e-4, 0.3),
-            "char-muon" => preset("char-muon", "char", OptimizerConfig::Muon(MuonSettings { adamw: AdamWSettings { beta2: 0.99, ..AdamWSettings::default() }, ..MuonSettings::default() }), 1e-3, 0.1),
+            "char-muon" => preset(
+                "char-muon",
+                "char",
+                OptimizerConfig::Muon(MuonSettings { adamw: AdamWSettings { beta2: 0.99, ..AdamWSettings::default() }, ..MuonSettings::default() }),
+                1e-3,
+                0.1,
+            ),
             _ => {
                 return Err(SettingError::UnknownName { what: "hyperparameter preset", name: name.to_string(), known: HYPERPARAMETER_PRESETS.join(", ") });
             }
@@ -746,9 +744,18 @@ impl TrainConfig {
             "data" => self.data = value.to_string(),
             "data_dir" => self.data_dir = value.into(),
             "val_fraction" => self.val_fraction = parse(key, value)?,
-            "tokenizer" => self.tokenizer = Some(value.parse().map_err(|e: crate::data::DataError| SettingError::Value { key: key.into(), value: value.into(), reason: e.to_string() })?),
-            "backend" => self.backend = value.parse().map_err(|e: sophia_backend::BackendError| SettingError::Value { key: key.into(), value: value.into(), reason: e.to_string() })?,
-            "precision" => self.precision = value.parse().map_err(|e: sophia_gpt2::ModelError| SettingError::Value { key: key.into(), value: value.into(), reason: e.to_string() })?,
+            "tokenizer" => {
+                self.tokenizer =
+                    Some(value.parse().map_err(|e: crate::data::DataError| SettingError::Value { key: key.into(), value: value.into(), reason: e.to_string() })?)
+            }
+            "backend" => {
+                self.backend =
+                    value.parse().map_err(|e: sophia_backend::BackendError| SettingError::Value { key: key.into(), value: value.into(), reason: e.to_string() })?
+            }
+            "precision" => {
+                self.precision =
+                    value.parse().map_err(|e: sophia_gpt2::ModelError| SettingError::Value { key: key.into(), value: value.into(), reason: e.to_string() })?
+            }
             "kernels" => self.kernels = value.parse().map_err(|reason| SettingError::Value { key: key.into(), value: value.into(), reason })?,
             "preset" => self.preset = value.to_string(),
             "block_size" => self.block_size = parse_optional(key, value)?,
@@ -777,10 +784,9 @@ impl TrainConfig {
             _ => {
                 let key = key.strip_prefix("optimizer.").unwrap_or(key);
                 return match self.optimizer.set(key, value) {
-                    Err(SettingError::NotForOptimizer { known, optimizer, .. }) if !self.optimizer_owns_elsewhere(key) => Err(SettingError::UnknownKey {
-                        key: key.to_string(),
-                        known: format!("{}; and for {optimizer}: {known}", TRAIN_SETTINGS.join(", ")),
-                    }),
+                    Err(SettingError::NotForOptimizer { known, optimizer, .. }) if !self.optimizer_owns_elsewhere(key) => {
+                        Err(SettingError::UnknownKey { key: key.to_string(), known: format!("{}; and for {optimizer}: {known}", TRAIN_SETTINGS.join(", ")) })
+                    }
                     other => other,
                 };
             }
@@ -908,7 +914,12 @@ impl TrainConfig {
             v.at_least_one(field, value)?;
         }
         v.require(self.val_fraction > 0.0 && self.val_fraction < 1.0, "val_fraction", self.val_fraction, "a number in (0, 1)")?;
-        v.require(!self.name.is_empty() && !self.name.contains(['/', '\\']) && self.name != "." && self.name != "..", "name", format!("{:?}", self.name), "a non-empty file name (no slashes)")?;
+        v.require(
+            !self.name.is_empty() && !self.name.contains(['/', '\\']) && self.name != "." && self.name != "..",
+            "name",
+            format!("{:?}", self.name),
+            "a non-empty file name (no slashes)",
+        )?;
         v.require(!self.data.trim().is_empty(), "data", format!("{:?}", self.data), "a corpus name or a path")?;
         if let Some(block_size) = self.block_size {
             v.at_least_one("block_size", block_size)?;
@@ -925,10 +936,39 @@ impl TrainConfig {
 
 /// The settings of [`TrainConfig`] that `--set` accepts (the optimizer's come on top).
 pub const TRAIN_SETTINGS: &[&str] = &[
-    "name", "out_dir", "data", "data_dir", "val_fraction", "tokenizer", "backend", "precision", "kernels", "preset", "block_size", "dropout", "optimizer", "lr",
-    "min_lr", "warmup_steps", "max_steps", "weight_decay", "decay", "grad_clip", "batch_size", "grad_accum", "shards", "eval_interval",
-    "eval_batches", "log_interval", "checkpoint_interval", "keep_checkpoints", "sample_tokens", "sample_prompt", "on_nonfinite",
-    "seed", "plots",
+    "name",
+    "out_dir",
+    "data",
+    "data_dir",
+    "val_fraction",
+    "tokenizer",
+    "backend",
+    "precision",
+    "kernels",
+    "preset",
+    "block_size",
+    "dropout",
+    "optimizer",
+    "lr",
+    "min_lr",
+    "warmup_steps",
+    "max_steps",
+    "weight_decay",
+    "decay",
+    "grad_clip",
+    "batch_size",
+    "grad_accum",
+    "shards",
+    "eval_interval",
+    "eval_batches",
+    "log_interval",
+    "checkpoint_interval",
+    "keep_checkpoints",
+    "sample_tokens",
+    "sample_prompt",
+    "on_nonfinite",
+    "seed",
+    "plots",
 ];
 
 /// `value` as the type of setting `key`; the error names both, and non-finite numbers are
@@ -955,8 +995,11 @@ where
 
 /// A unit enum by its serde name.
 fn parse_name<T: serde::de::DeserializeOwned>(key: &str, value: &str) -> Result<T, SettingError> {
-    serde_json::from_value(serde_json::Value::String(value.trim().to_string()))
-        .map_err(|e| SettingError::Value { key: key.into(), value: value.into(), reason: e.to_string() })
+    serde_json::from_value(serde_json::Value::String(value.trim().to_string())).map_err(|e| SettingError::Value {
+        key: key.into(),
+        value: value.into(),
+        reason: e.to_string(),
+    })
 }
 
 /// What a parsed value must satisfy whatever its setting.

@@ -93,9 +93,6 @@ pub fn read(path: &Path) -> std::io::Result<Vec<MetricRecord>> {
     };
     text.lines()
         .filter(|line| !line.trim().is_empty())
-        .map(|line| {
-            serde_json::from_str(line)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))
-        })
+        .map(|line| serde_json::from_str(line).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))))
         .collect()
 }

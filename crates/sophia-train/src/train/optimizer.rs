@@ -59,12 +59,8 @@ fn group(paths: Vec<String>) -> ParamGroup {
 }
 
 fn adamw(settings: &AdamWSettings, weight_decay: f64, fused: bool) -> Result<sophia_optim::AdamW, TrainError> {
-    let config = AdamWConfig::new()
-        .with_beta_1(settings.beta1)
-        .with_beta_2(settings.beta2)
-        .with_epsilon(settings.epsilon)
-        .with_weight_decay(weight_decay)
-        .with_fused(fused);
+    let config =
+        AdamWConfig::new().with_beta_1(settings.beta1).with_beta_2(settings.beta2).with_epsilon(settings.epsilon).with_weight_decay(weight_decay).with_fused(fused);
     Ok(config.try_build()?)
 }
 
@@ -124,12 +120,8 @@ impl RunOptimizer {
                 // `MatchRmsAdamW` scales Muon's update to AdamW's RMS (0.2·√max(rows, cols)), so
                 // both groups share one learning rate and the scale does not depend on Burn
                 // storing Linear weights [in, out] where PyTorch stores [out, in].
-                let matrices: Vec<String> = model
-                    .named_params()
-                    .into_iter()
-                    .filter(|(name, _, shape)| shape.len() == 2 && is_linear_weight(name))
-                    .map(|(name, _, _)| burn_path(&name))
-                    .collect();
+                let matrices: Vec<String> =
+                    model.named_params().into_iter().filter(|(name, _, shape)| shape.len() == 2 && is_linear_weight(name)).map(|(name, _, _)| burn_path(&name)).collect();
                 let decay = (wd > 0.0 && config.decay != DecaySelection::None).then(|| WeightDecayConfig::new(wd as f32));
                 let muon = MuonConfig::new()
                     .with_momentum(MomentumConfig { momentum: s.momentum, dampening: 0.0, nesterov: s.nesterov })
@@ -137,11 +129,11 @@ impl RunOptimizer {
                     .with_weight_decay(decay)
                     .with_adjust_lr_fn(AdjustLrFn::MatchRmsAdamW)
                     .build();
-                Self::Plain(
-                    ModuleOptimizer::from(adamw(&s.adamw, wd, fused)?)
-                        .with_group(group(no_decay), adamw(&s.adamw, 0.0, fused)?, None)
-                        .with_group(group(matrices), muon, None),
-                )
+                Self::Plain(ModuleOptimizer::from(adamw(&s.adamw, wd, fused)?).with_group(group(no_decay), adamw(&s.adamw, 0.0, fused)?, None).with_group(
+                    group(matrices),
+                    muon,
+                    None,
+                ))
             }
         })
     }

@@ -174,10 +174,9 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<TrainSummary,
             match config.on_nonfinite {
                 NonFinitePolicy::Stop => {
                     bar.finish_and_clear();
-                    let latest = checkpoints.latest_verified().map_or_else(
-                        || "No checkpoint was written yet.".to_string(),
-                        |dir| format!("The last good checkpoint is {}.", dir.display()),
-                    );
+                    let latest = checkpoints
+                        .latest_verified()
+                        .map_or_else(|| "No checkpoint was written yet.".to_string(), |dir| format!("The last good checkpoint is {}.", dir.display()));
                     return Err(TrainError::NonFinite { step, what, value, checkpoint: latest });
                 }
                 NonFinitePolicy::Skip => {
@@ -309,10 +308,7 @@ fn record(kind: &str, step: usize, tokens: u64, time: f64, lr: f64) -> MetricRec
 /// A batch as `[batch, block]` input and target tensors.
 pub fn tensors(batch: &Batch, device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>) {
     let shape = [batch.batch_size, batch.block_size];
-    (
-        Tensor::from_data(TensorData::new(batch.inputs.clone(), shape), device),
-        Tensor::from_data(TensorData::new(batch.targets.clone(), shape), device),
-    )
+    (Tensor::from_data(TensorData::new(batch.inputs.clone(), shape), device), Tensor::from_data(TensorData::new(batch.targets.clone(), shape), device))
 }
 
 /// Mean loss of `model` over `batches` fixed batches of `stream`, `concurrent` batches at a
@@ -375,10 +371,7 @@ fn emit(bar: &ProgressBar, line: String) {
 fn progress_bar(visible: bool, steps: usize, start: usize) -> ProgressBar {
     let bar = ProgressBar::new(steps as u64);
     if visible {
-        bar.set_style(
-            ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
-                .expect("valid template"),
-        );
+        bar.set_style(ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}").expect("valid template"));
     } else {
         bar.set_draw_target(ProgressDrawTarget::hidden());
     }
@@ -389,7 +382,9 @@ fn progress_bar(visible: bool, steps: usize, start: usize) -> ProgressBar {
 /// `training.png` / `training.svg` in the run directory: losses, learning rate, win rate.
 pub fn plot_run(run_dir: &Path, metrics_path: &Path) -> Result<(), TrainError> {
     let records = metrics::read(metrics_path).map_err(io_err(metrics_path))?;
-    let series = |label: &str, kind: &str, value: fn(&MetricRecord) -> Option<f64>| Series::line(label, records.iter().filter(|r| r.kind == kind).filter_map(|r| value(r).map(|v| (r.step as f64, v))).collect());
+    let series = |label: &str, kind: &str, value: fn(&MetricRecord) -> Option<f64>| {
+        Series::line(label, records.iter().filter(|r| r.kind == kind).filter_map(|r| value(r).map(|v| (r.step as f64, v))).collect())
+    };
     let mut panels = vec![
         Panel {
             title: "Loss".into(),
@@ -398,13 +393,7 @@ pub fn plot_run(run_dir: &Path, metrics_path: &Path) -> Result<(), TrainError> {
             log_y: false,
             series: vec![series("train", "train", |r| r.train_loss), series("val", "eval", |r| r.val_loss)],
         },
-        Panel {
-            title: "Learning rate".into(),
-            x_label: "step".into(),
-            y_label: "lr".into(),
-            log_y: false,
-            series: vec![series("lr", "train", |r| Some(r.lr))],
-        },
+        Panel { title: "Learning rate".into(), x_label: "step".into(), y_label: "lr".into(), log_y: false, series: vec![series("lr", "train", |r| Some(r.lr))] },
     ];
     let win = series("win rate", "train", |r| r.win_rate);
     if !win.points.is_empty() {

@@ -166,12 +166,7 @@ impl SweepReport {
 
 /// Index of the lowest finite validation loss.
 pub fn best_point(points: &[SweepPoint]) -> Option<usize> {
-    points
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| p.val_loss().is_finite())
-        .min_by(|a, b| a.1.val_loss().total_cmp(&b.1.val_loss()))
-        .map(|(i, _)| i)
+    points.iter().enumerate().filter(|(_, p)| p.val_loss().is_finite()).min_by(|a, b| a.1.val_loss().total_cmp(&b.1.val_loss())).map(|(i, _)| i)
 }
 
 /// Run every point of `grid` on top of `base`; the sweep directory is `base.out_dir/base.name`.
@@ -321,12 +316,7 @@ pub fn plot(report: &SweepReport, stem: &Path) -> Result<(), crate::plot::PlotEr
     let logarithmic = x_axis <= 2;
     let mut series: Vec<Series> = Vec::new();
     for point in report.points.iter().filter(|p| p.val_loss().is_finite()) {
-        let label = varied
-            .iter()
-            .skip(1)
-            .map(|&a| format!("{}={}", AXES[a], point.settings.axis(a)))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let label = varied.iter().skip(1).map(|&a| format!("{}={}", AXES[a], point.settings.axis(a))).collect::<Vec<_>>().join(", ");
         let x = point.settings.axis(x_axis);
         let x = if logarithmic { x.log10() } else { x };
         match series.iter_mut().find(|s| s.label == label) {
