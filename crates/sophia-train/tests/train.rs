@@ -150,6 +150,9 @@ fn training_reduces_the_loss_and_writes_its_outputs() {
     let first = log.first().unwrap().train_loss.unwrap();
     assert!(summary.final_val_loss < first - 1.0, "val {} vs first train loss {first}", summary.final_val_loss);
     assert!(summary.refreshes == 6, "{summary:?}");
+    // The wall time outside the steps is accounted for: an evaluation, its sample, a checkpoint.
+    let shares = [summary.hessian_time_fraction, summary.eval_time_fraction, summary.sample_time_fraction, summary.checkpoint_time_fraction];
+    assert!(shares.iter().all(|&s| s > 0.0) && shares.iter().sum::<f64>() < 1.0, "{summary:?}");
     // A second run with the same name is refused instead of overwriting it.
     let again = train(&config, &RunOptions::default()).unwrap_err().to_string();
     assert!(again.contains("--resume"), "{again}");

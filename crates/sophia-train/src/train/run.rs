@@ -69,6 +69,15 @@ pub struct TrainSummary {
     pub refreshes: u64,
     /// Share of wall time spent in Hessian refreshes.
     pub hessian_time_fraction: f64,
+    /// Share of wall time spent evaluating the train and validation loss.
+    #[serde(default)]
+    pub eval_time_fraction: f64,
+    /// Share of wall time spent writing the samples of the evaluations.
+    #[serde(default)]
+    pub sample_time_fraction: f64,
+    /// Share of wall time spent writing checkpoints.
+    #[serde(default)]
+    pub checkpoint_time_fraction: f64,
     /// Win rate at the last log (Sophia).
     pub final_win_rate: Option<f64>,
 }
@@ -149,6 +158,8 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<TrainSummary,
     let bar = progress_bar(options.progress_bar, config.max_steps, start);
     let clock = Instant::now();
     let (mut hessian_secs, mut last_log) = (0.0, (clock.elapsed().as_secs_f64(), tokens));
+    // Wall time of this process outside the steps: evaluations, samples, checkpoints.
+    let (mut eval_secs, mut sample_secs, mut checkpoint_secs) = (0.0, 0.0, 0.0);
     let (mut best_val, mut final_val, mut final_win_rate) = (f64::INFINITY, f64::NAN, None);
     let elapsed = |clock: &Instant| elapsed_before + clock.elapsed().as_secs_f64();
 
@@ -219,6 +230,7 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<TrainSummary,
 
         // Evaluation and samples.
         if done % config.eval_interval == 0 || done == config.max_steps {
+            let started = Instant::now();
             let eval_model = model.valid();
             let eval = |tokens, stream| mean_loss(&eval_model, &sampler, tokens, stream, config.eval_batches, config.shards(), &device);
             let (val, train_eval) = (eval(&val_tokens, STREAM_EVAL_VAL)?, eval(&train_tokens, STREAM_EVAL_TRAIN)?);
@@ -227,18 +239,22 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<TrainSummary,
             let entry = MetricRecord { train_loss: Some(train_eval), val_loss: Some(val), ..record("eval", done, tokens, elapsed(&clock), lr) };
             log.append(&entry).map_err(io_err(log.path()))?;
             emit(&bar, format!("step {done:>5}  eval: train {train_eval:.4}  val {val:.4}  (unigram {:.3})", data.meta.unigram_val_loss));
+            eval_secs += started.elapsed().as_secs_f64();
             if config.sample_tokens > 0 {
+                let started = Instant::now();
                 let options = GenerateOptions { max_new_tokens: config.sample_tokens, seed: done as u64, ..GenerateOptions::default() };
                 let text = sample_text(&eval_model, &tokenizer, &config.sample_prompt, &options)?;
                 emit(&bar, format!("---- sample at step {done} ----\n{text}\n----"));
                 let path = run_dir.join("samples.txt");
                 let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
                 writeln!(file, "==== step {done} ====\n{text}").map_err(io_err(&path))?;
+                sample_secs += started.elapsed().as_secs_f64();
             }
         }
 
         // Checkpoint.
         if done % config.checkpoint_interval == 0 || done == config.max_steps {
+            let started = Instant::now();
             let state = CheckpointState {
                 step: done,
                 tokens,
@@ -250,6 +266,7 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<TrainSummary,
                 tokenizer: tokenizer.spec(),
             };
             checkpoints.save(&model, optimizer.to_record(), &state)?;
+            checkpoint_secs += started.elapsed().as_secs_f64();
         }
         bar.inc(1);
         if options.stop_after == Some(done) {
@@ -262,6 +279,7 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<TrainSummary,
     // ---- Results -------------------------------------------------------------------------
     let seconds = elapsed(&clock);
     let train_secs = clock.elapsed().as_secs_f64();
+    let share = |secs: f64| if train_secs > 0.0 { secs / train_secs } else { 0.0 };
     let model_path = run_dir.join("model.safetensors");
     crate::fs::write_atomic(&model_path, &model.to_safetensors()?).map_err(io_err(&model_path))?;
     let summary = TrainSummary {
@@ -276,7 +294,10 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<TrainSummary,
         best_val_loss: best_val,
         unigram_val_loss: data.meta.unigram_val_loss,
         refreshes: refreshes_before + optimizer.refreshes(),
-        hessian_time_fraction: if train_secs > 0.0 { hessian_secs / train_secs } else { 0.0 },
+        hessian_time_fraction: share(hessian_secs),
+        eval_time_fraction: share(eval_secs),
+        sample_time_fraction: share(sample_secs),
+        checkpoint_time_fraction: share(checkpoint_secs),
         final_win_rate,
     };
     let summary_path = run_dir.join("summary.json");
