@@ -142,6 +142,7 @@ pub fn peak_matmul_gflops(device: &Device, n: usize, repetitions: usize, kernels
 }
 
 /// Measure `presets` at `batch × block` tokens per step.
+#[allow(clippy::too_many_arguments, reason = "the bench's command-line options, each a plain value")]
 pub fn run(
     presets: &[&str],
     kernels: &[Kernels],

@@ -100,7 +100,7 @@ impl CausalSelfAttention {
 /// like Burn's own shape checks).
 pub fn causal_attention_with(kernels: Kernels, qkv: Tensor<3>, heads: usize) -> Tensor<3> {
     let columns = qkv.dims()[2];
-    assert!(heads > 0 && columns % (3 * heads) == 0, "causal attention: qkv has {columns} columns, not 3 × {heads} heads × a head width");
+    assert!(heads > 0 && columns.is_multiple_of(3 * heads), "causal attention: qkv has {columns} columns, not 3 × {heads} heads × a head width");
     #[cfg(feature = "flex")]
     if kernels == Kernels::Fused
         && crate::fused::applies(&qkv)

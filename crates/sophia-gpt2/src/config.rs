@@ -198,14 +198,14 @@ impl Gpt2Config {
                 return Err(ModelError::invalid(name, value, "must be at least 1"));
             }
         }
-        if self.n_embd % self.n_head != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) {
             return Err(ModelError::invalid("n_embd", self.n_embd, format!("must be divisible by n_head ({}); pick n_head among the divisors of n_embd", self.n_head)));
         }
         let kv = self.kv_heads();
-        if kv == 0 || self.n_head % kv != 0 {
+        if kv == 0 || !self.n_head.is_multiple_of(kv) {
             return Err(ModelError::invalid("n_kv_head", kv, format!("must divide n_head ({}): each key/value head serves a whole group of query heads", self.n_head)));
         }
-        if self.rope && self.head_dim() % 2 != 0 {
+        if self.rope && !self.head_dim().is_multiple_of(2) {
             return Err(ModelError::invalid("n_embd", self.n_embd, format!("rotary embeddings need an even head size (n_embd / n_head), got {}", self.head_dim())));
         }
         if !(0.0..1.0).contains(&self.dropout) {

@@ -55,10 +55,12 @@ pub fn cross_entropy_with(kernels: Kernels, logits: Tensor<3>, targets: Tensor<2
 /// fused on other backends), the head's [`product_with`] and [`cross_entropy_with`].
 pub fn linear_cross_entropy_with(kernels: Kernels, x: Tensor<2>, weight: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
     #[cfg(feature = "flex")]
-    if kernels == Kernels::Fused && crate::fused::applies(&x) && crate::fused::applies(&weight) {
-        if let Some(loss) = crate::fused::linear_cross_entropy::linear_cross_entropy(x.clone(), weight.clone(), targets.clone()) {
-            return loss;
-        }
+    if kernels == Kernels::Fused
+        && crate::fused::applies(&x)
+        && crate::fused::applies(&weight)
+        && let Some(loss) = crate::fused::linear_cross_entropy::linear_cross_entropy(x.clone(), weight.clone(), targets.clone())
+    {
+        return loss;
     }
     let logits = product_with(kernels, x, weight.transpose());
     cross_entropy_with(kernels, logits.unsqueeze::<3>(), targets.unsqueeze::<2>())
@@ -74,10 +76,12 @@ pub fn linear_cross_entropy_with(kernels: Kernels, x: Tensor<2>, weight: Tensor<
 /// exceed 256 MiB), the head's product, the draw and [`linear_cross_entropy_with`].
 pub fn linear_cross_entropy_on_sampled_labels(kernels: Kernels, x: Tensor<2>, weight: Tensor<2>, uniforms: Tensor<1>) -> (Tensor<1>, Tensor<1, Int>) {
     #[cfg(feature = "flex")]
-    if kernels == Kernels::Fused && crate::fused::applies(&x) && crate::fused::applies(&weight) {
-        if let Some(drawn) = crate::fused::linear_cross_entropy::linear_cross_entropy_on_sampled_labels(x.clone(), weight.clone(), uniforms.clone()) {
-            return drawn;
-        }
+    if kernels == Kernels::Fused
+        && crate::fused::applies(&x)
+        && crate::fused::applies(&weight)
+        && let Some(drawn) = crate::fused::linear_cross_entropy::linear_cross_entropy_on_sampled_labels(x.clone(), weight.clone(), uniforms.clone())
+    {
+        return drawn;
     }
     let [rows, _] = x.dims();
     let logits = product_with(kernels, x.clone().detach(), weight.clone().detach().transpose());

@@ -105,7 +105,7 @@ impl Gpt2 {
                 (name.clone(), view)
             })
             .collect();
-        let checksum = format!("{:08x}", tensor_checksum(views.iter().map(|(name, view)| (name.as_str(), view.data().as_ref()))));
+        let checksum = format!("{:08x}", tensor_checksum(views.iter().map(|(name, view)| (name.as_str(), view.data()))));
         let metadata = Some([("format".to_string(), "pt".to_string()), (CHECKSUM_KEY.to_string(), checksum)].into());
         let bytes = safetensors::serialize(views, metadata).map_err(|e| ModelError::WeightFile { path: "<bytes>".into(), reason: e.to_string() })?;
         Ok(canonical_header(bytes))

@@ -90,7 +90,7 @@ fn norm_of<M: Module>(module: &M, grads: &GradientsParams, fused: bool) -> GradN
     let mut squares = SumSquares { grads, fused, ids: Vec::new(), sums: Vec::new() };
     module.visit(&mut squares);
     // The sums still on the device, read back in one transfer.
-    let pending: Vec<Tensor<1>> = squares.sums.iter().filter_map(|sum| if let SquareSum::OnDevice(t) = sum { Some(t.clone()) } else { None }).collect();
+    let pending: Vec<Tensor<1>> = squares.sums.iter().filter_map(|sum| if let SquareSum::OnDevice(t) = sum { Some(t.as_ref().clone()) } else { None }).collect();
     let mut read = if pending.is_empty() { Vec::new() } else { Tensor::cat(pending, 0).into_data().iter::<f64>().collect() }.into_iter();
     let sums: Vec<f64> =
         squares.sums.into_iter().map(|sum| if let SquareSum::Read(value) = sum { value } else { read.next().expect("one value per pending sum") }).collect();
@@ -103,7 +103,7 @@ fn norm_of<M: Module>(module: &M, grads: &GradientsParams, fused: bool) -> GradN
 enum SquareSum {
     #[cfg_attr(not(feature = "flex"), allow(dead_code))]
     Read(f64),
-    OnDevice(Tensor<1>),
+    OnDevice(Box<Tensor<1>>),
 }
 
 struct SumSquares<'a> {
@@ -123,7 +123,7 @@ impl ModuleVisitor for SumSquares<'_> {
                 self.sums.push(SquareSum::Read(sum));
                 return;
             }
-            self.sums.push(SquareSum::OnDevice(grad.square().sum()));
+            self.sums.push(SquareSum::OnDevice(Box::new(grad.square().sum())));
         }
     }
 }

@@ -253,6 +253,7 @@ constructors!(SophiaGConfig, Sophia, SophiaOptimizer, "SophiaG");
 constructors!(SophiaHConfig, Sophia, SophiaOptimizer, "SophiaH");
 
 impl Sophia {
+    #[allow(clippy::too_many_arguments, reason = "the one constructor behind both configs' `try_build`, every field named at its call")]
     fn new(
         beta_1: f64,
         beta_2: f64,

@@ -137,7 +137,8 @@ fn an_altered_exported_model_refuses_to_load() {
     let at = data_offset(&bytes) + 12;
     bytes[at..at + 4].copy_from_slice(&1.0f32.to_le_bytes());
     std::fs::write(&path, &bytes).unwrap();
-    let error = Gpt2::new(&config, &device, 1).unwrap().load_safetensors(&path).err().expect("an altered file is refused").to_string();
+    let Err(error) = Gpt2::new(&config, &device, 1).unwrap().load_safetensors(&path) else { panic!("an altered file is refused") };
+    let error = error.to_string();
     assert!(error.contains("checksum") && error.contains("model.safetensors"), "{error}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

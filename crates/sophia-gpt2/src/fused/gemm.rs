@@ -112,6 +112,7 @@ impl Kernel {
     /// `m × n` elements at its stride that no other thread touches meanwhile, initialised unless
     /// `β = 0` (then they are written without being read); [`Tiles`](Self::Tiles) only from
     /// [`for_product`](Self::for_product) (the CPU has AVX-512F).
+    #[allow(clippy::too_many_arguments, reason = "the BLAS argument list: shape, operands, β, output and its stride")]
     pub(super) unsafe fn run(self, m: usize, k: usize, n: usize, a: Operand, b: Operand, beta: f32, c: *mut f32, c_stride: usize) {
         assert!(beta == 0.0 || beta == 1.0, "β is 0 or 1");
         match self {
@@ -128,6 +129,7 @@ impl Kernel {
 ///
 /// # Safety
 /// As [`Kernel::run`].
+#[allow(clippy::too_many_arguments, reason = "the BLAS argument list: shape, operands, β, output and its stride")]
 pub(super) unsafe fn gemm(m: usize, k: usize, n: usize, a: Operand, b: Operand, beta: f32, c: *mut f32, c_stride: usize) {
     // SAFETY: the caller's contract; the kernel comes from `for_product`.
     unsafe { Kernel::for_product(m, k, n).run(m, k, n, a, b, beta, c, c_stride) }
@@ -143,6 +145,7 @@ mod avx512 {
 
     /// See [`Kernel::run`](super::Kernel::run); `accumulate` is `β = 1`.
     #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments, reason = "the BLAS argument list: shape, operands, β, output and its stride")]
     pub(super) unsafe fn gemm(m: usize, k: usize, n: usize, a: Operand, b: Operand, accumulate: bool, c: *mut f32, c_stride: usize) {
         if m == 0 || n == 0 {
             return;

@@ -108,7 +108,7 @@ fn exp(x: f32) -> f32 {
     let p = p * r + 8.333_452e-3;
     let p = p * r + 4.166_579_6e-2;
     let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 5.000_000_1e-1;
+    let p = p * r + 0.5;
     let p = p * r * r + r + 1.0;
     // `k` as an integer is the difference of the low mantissa bits of `shifted` and `ROUND`
     // (|k| ≤ 127): no float-to-int conversion, whose saturating semantics compiled to one
