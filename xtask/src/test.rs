@@ -86,6 +86,25 @@ pub(crate) fn run(args: TestArgs) -> anyhow::Result<()> {
     if args.filter.is_empty() {
         // nextest does not run documentation examples.
         run_command(Command::new("cargo").args(["test", "--workspace", "--doc"]))?;
+        check_style()?;
+    }
+    Ok(())
+}
+
+/// The house style: `cargo fmt` (with the workspace's rustfmt.toml) leaves every file as it is,
+/// and clippy finds nothing to warn about in any target. A toolchain without the rustfmt or
+/// clippy component skips that check with a note.
+fn check_style() -> anyhow::Result<()> {
+    let has = |tool: &str| Command::new("cargo").args([tool, "--version"]).output().is_ok_and(|o| o.status.success());
+    if has("fmt") {
+        run_command(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
+    } else {
+        eprintln!("rustfmt not found; formatting not checked (install it with `rustup component add rustfmt`)");
+    }
+    if has("clippy") {
+        run_command(Command::new("cargo").args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    } else {
+        eprintln!("clippy not found; lints not checked (install it with `rustup component add clippy`)");
     }
     Ok(())
 }
