@@ -134,7 +134,7 @@ pub(crate) struct CompareArgs {
     /// Runs of each optimizer's best configuration, seeds --seed, --seed + 1, ...
     #[arg(long, default_value_t = 3)]
     seeds: usize,
-    /// Also run SophiaG with automatic ρ at its best learning rate, with the same seeds.
+    /// Also tune SophiaG with automatic ρ: the same learning rates, the best with the same seeds.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     auto_rho: bool,
     /// Output JSON (a table, a PNG and an SVG are written beside it).

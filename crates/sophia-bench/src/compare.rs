@@ -9,7 +9,9 @@
 //!    heat map);
 //! 2. the best point is run again with further seeds (the sweep's run is the first seed), so
 //!    every figure comes with its spread over seeds;
-//! 3. optionally SophiaG with `rho = "auto"` at its best learning rate, with the same seeds.
+//! 3. optionally SophiaG with `rho = "auto"`, tuned the same way: the same learning rates, the
+//!    best with the same seeds (results before this procedure ran it at fixed-ρ SophiaG's best
+//!    learning rate only; their `sophiag-auto` entry has an empty sweep).
 //!
 //! The headline figure is the paper's: the steps (and seconds) each optimizer needs to reach
 //! AdamW's final validation loss (the mean over AdamW's seeds), per seed, as a ratio to the
@@ -42,7 +44,7 @@ pub struct CompareOptions {
     pub rhos: Vec<f64>,
     /// Runs of each best configuration, with seeds `base.seed`, `base.seed + 1`, ...
     pub seeds: usize,
-    /// Also run SophiaG with automatic `ρ` at its best learning rate.
+    /// Also tune SophiaG with automatic `ρ` (its own learning-rate sweep and seeds).
     pub auto_rho: bool,
 }
 
@@ -130,7 +132,8 @@ pub struct SeedRun {
 pub struct OptimizerResult {
     /// Optimizer name (`sophiag-auto` for SophiaG with automatic `ρ`).
     pub optimizer: String,
-    /// Its sweep (empty for `sophiag-auto`, which takes SophiaG's best learning rate).
+    /// Its sweep (empty for a `sophiag-auto` entry of the earlier procedure, which took SophiaG's
+    /// best learning rate).
     pub sweep: Vec<SweepEntry>,
     /// The best learning rate.
     pub lr: f64,
@@ -242,6 +245,31 @@ pub fn rank_against_adamw(results: &mut [OptimizerResult]) -> Option<(f64, Optio
 /// The regime of `base`: `char` for the char model, `cpu` for the BPE models.
 fn regime(base: &TrainConfig) -> &'static str {
     if base.model.is_none() && base.preset == "char" { "char" } else { "cpu" }
+}
+
+/// One configuration tuned by [`tune`]: its sweep, its best config and that config's seeds.
+struct Tuned {
+    sweep: Vec<SweepEntry>,
+    config: TrainConfig,
+    runs: Vec<SeedRun>,
+    unigram_val_loss: f64,
+    parameters: usize,
+}
+
+/// Sweep `grid` around `config` (in `config.out_dir/config.name`), then run the best point with
+/// `seeds` seeds (the sweep's run being the first) in `config.out_dir/label-seeds/`.
+fn tune(label: &str, config: &TrainConfig, grid: &SweepGrid, seeds: usize, run_options: &RunOptions, progress: &mut dyn FnMut(&str)) -> Result<Tuned, BenchError> {
+    progress(&format!("{label}: learning rates {:?}{}", grid.lr, if grid.rho.is_empty() { String::new() } else { format!(", rho {:?}", grid.rho) }));
+    let report = sweep::sweep(config, grid, run_options, progress)?;
+    let best = report.best.ok_or(BenchError::Unsupported("every learning rate of an optimizer diverged; try smaller --lr-multipliers"))?;
+    let point: &SweepPoint = &report.points[best];
+    let summary = point.summary.clone().expect("the best point finished");
+    let (unigram_val_loss, parameters) = (summary.unigram_val_loss, summary.parameters);
+    let best_config = TrainConfig { out_dir: config.out_dir.clone(), name: config.name.clone(), ..point.settings.apply(config) };
+    let sweep =
+        report.points.iter().map(|p| SweepEntry { lr: p.settings.lr, rho: p.settings.rho, final_val_loss: p.summary.as_ref().map(|s| s.final_val_loss) }).collect();
+    let runs = seed_runs(&best_config, Some((summary, &point.run_dir)), seeds, &config.out_dir, label, run_options, progress)?;
+    Ok(Tuned { sweep, config: best_config, runs, unigram_val_loss, parameters })
 }
 
 /// The seeds' run of `config` (whose seed is the first) in `dir/label-seeds/`, the first seed's
@@ -359,25 +387,19 @@ pub fn run(options: &CompareOptions, run_options: &RunOptions, progress: &mut dy
         (config.lr, config.min_lr, config.weight_decay) = (preset.lr, preset.lr * base.min_lr / base.lr, preset.weight_decay);
         (config.out_dir, config.name) = (dir.clone(), kind.to_string());
         let rho = if kind == OptimizerKind::SophiaG { options.rhos.clone() } else { Vec::new() };
-        let grid = SweepGrid { lr: options.lr_multipliers.iter().map(|m| m * config.lr).collect(), rho, ..SweepGrid::default() };
-        progress(&format!("{kind}: learning rates {:?}{}", grid.lr, if grid.rho.is_empty() { String::new() } else { format!(", rho {:?}", grid.rho) }));
-        let report = sweep::sweep(&config, &grid, run_options, progress)?;
-        let best = report.best.ok_or(BenchError::Unsupported("every learning rate of an optimizer diverged; try smaller --lr-multipliers"))?;
-        let point: &SweepPoint = &report.points[best];
-        let summary = point.summary.clone().expect("the best point finished");
-        (unigram, parameters) = (summary.unigram_val_loss, summary.parameters);
-        let best_config = TrainConfig { out_dir: dir.clone(), name: kind.to_string(), ..point.settings.apply(&config) };
-        let sweep_entries =
-            report.points.iter().map(|p| SweepEntry { lr: p.settings.lr, rho: p.settings.rho, final_val_loss: p.summary.as_ref().map(|s| s.final_val_loss) }).collect();
-        let runs = seed_runs(&best_config, Some((summary, &point.run_dir)), options.seeds, &dir, kind.name(), run_options, progress)?;
-        results.push(result(kind.to_string(), sweep_entries, &best_config, runs, &model, &device)?);
+        let lr: Vec<f64> = options.lr_multipliers.iter().map(|m| m * config.lr).collect();
+        let tuned = tune(kind.name(), &config, &SweepGrid { lr: lr.clone(), rho, ..SweepGrid::default() }, options.seeds, run_options, progress)?;
+        (unigram, parameters) = (tuned.unigram_val_loss, tuned.parameters);
+        results.push(result(kind.to_string(), tuned.sweep, &tuned.config, tuned.runs, &model, &device)?);
         if kind == OptimizerKind::SophiaG && options.auto_rho {
-            let mut auto = best_config.clone();
+            // Tuned like the others: a larger ρ shrinks every step that is not clipped, so the
+            // best learning rate with automatic ρ need not be the best with a fixed one.
+            let mut auto = TrainConfig { name: "sophiag-auto".into(), ..config.clone() };
             if let OptimizerConfig::SophiaG(s) = &mut auto.optimizer {
                 s.rho = Rho::Auto;
             }
-            let runs = seed_runs(&auto, None, options.seeds, &dir, "sophiag-auto", run_options, progress)?;
-            results.push(result("sophiag-auto".into(), Vec::new(), &auto, runs, &model, &device)?);
+            let tuned = tune("sophiag-auto", &auto, &SweepGrid { lr, ..SweepGrid::default() }, options.seeds, run_options, progress)?;
+            results.push(result("sophiag-auto".into(), tuned.sweep, &tuned.config, tuned.runs, &model, &device)?);
         }
     }
     let ranked = rank_against_adamw(&mut results);

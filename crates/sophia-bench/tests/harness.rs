@@ -8,7 +8,7 @@ use sophia_bench::machine::Machine;
 use sophia_bench::memory::{MemoryEntry, MemoryReport, state_bytes};
 use sophia_bench::{compare, memory, report, throughput};
 use sophia_gpt2::{Gpt2, Gpt2Config};
-use sophia_train::train::{OptimizerConfig, OptimizerKind, SophiaGSettings, TrainConfig};
+use sophia_train::train::{OptimizerConfig, OptimizerKind, Rho, SophiaGSettings, TrainConfig};
 
 fn scratch(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("sophia-bench-{name}-{}", std::process::id()));
@@ -272,7 +272,7 @@ fn compare_tunes_then_runs_every_optimizer_with_several_seeds() {
     let report = compare::run(&options, &Default::default(), &mut |_| {}).unwrap();
     let names: Vec<&str> = report.results.iter().map(|r| r.optimizer.as_str()).collect();
     assert_eq!(names, ["adamw", "sophiag", "sophiag-auto"]);
-    assert_eq!((report.results[0].sweep.len(), report.results[1].sweep.len(), report.results[2].sweep.len()), (2, 4, 0), "SophiaG sweeps lr × ρ");
+    assert_eq!((report.results[0].sweep.len(), report.results[1].sweep.len(), report.results[2].sweep.len()), (2, 4, 2), "SophiaG sweeps lr × ρ, automatic ρ the lr");
     for r in &report.results {
         assert_eq!(r.runs.iter().map(|run| run.seed).collect::<Vec<_>>(), [1337, 1338], "{}", r.optimizer);
         assert_eq!(r.runs[0].curve.iter().map(|p| p.step).collect::<Vec<_>>(), [2, 4]);
@@ -282,12 +282,27 @@ fn compare_tunes_then_runs_every_optimizer_with_several_seeds() {
         assert!(r.final_val_loss.std > 0.0);
         assert_eq!(r.state_bytes_per_param, 8.0);
     }
-    for r in &report.results[..2] {
+    for r in &report.results {
         let best = r.sweep.iter().filter_map(|s| s.final_val_loss).fold(f64::INFINITY, f64::min);
         assert_eq!(r.runs[0].final_val_loss, best, "{}: the first seed is the sweep's best point", r.optimizer);
     }
-    assert_eq!(report.results[2].lr, report.results[1].lr, "automatic ρ runs at SophiaG's best learning rate");
+    // Automatic ρ has its own learning-rate sweep, over SophiaG's rates, and every run of it
+    // (its sweep points and seeds) trains with automatic ρ.
+    let rates = |r: &OptimizerResult| r.sweep.iter().map(|s| s.lr.to_bits()).collect::<std::collections::BTreeSet<u64>>();
+    assert_eq!(rates(&report.results[2]), rates(&report.results[1]));
+    assert!(report.results[2].sweep.iter().all(|s| s.rho.is_none()), "{:?}", report.results[2].sweep);
     assert_eq!(report.results[2].rho.as_deref(), Some("auto"));
+    let auto_runs: Vec<_> = ["sophiag-auto", "sophiag-auto-seeds"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(dir.join("runs/cmp").join(d)).unwrap())
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("config.json").is_file())
+        .collect();
+    assert_eq!(auto_runs.len(), 3, "two sweep points and the second seed: {auto_runs:?}");
+    for run in &auto_runs {
+        let config: TrainConfig = serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+        assert!(matches!(config.optimizer, OptimizerConfig::SophiaG(SophiaGSettings { rho: Rho::Auto, .. })), "{}: {:?}", run.display(), config.optimizer);
+    }
     assert!(!report.results[2].runs[0].win_rate.is_empty() && report.results[1].hessian_time_fraction > 0.0, "SophiaG refreshed and logged its win rate");
     assert_eq!(report.adamw_final_val_loss, Some(report.results[0].final_val_loss.mean));
     assert!(compare::lr_rho_heatmap(&report).is_some());

@@ -47,10 +47,14 @@ pub struct SweepSettings {
     pub warmup_steps: usize,
 }
 
-/// SophiaG's ρ in `config`, if it trains with SophiaG.
+/// SophiaG's fixed ρ in `config`, if it trains with SophiaG at a fixed ρ (a point without a ρ
+/// keeps the base's, so an automatic ρ stays automatic).
 fn rho_of(config: &TrainConfig) -> Option<f64> {
     match &config.optimizer {
-        OptimizerConfig::SophiaG(s) => Some(s.rho.initial()),
+        OptimizerConfig::SophiaG(s) => match s.rho {
+            Rho::Fixed(rho) => Some(rho),
+            Rho::Auto => None,
+        },
         _ => None,
     }
 }
@@ -115,7 +119,12 @@ impl SweepGrid {
         let points = self.points(base);
         let v = sophia_optim::Validator::new("sweep");
         v.require(points.len() <= 1000, "grid", format!("{} points", points.len()), "at most 1000 points (use fewer values per axis)")?;
-        v.require(self.rho.is_empty() || rho_of(base).is_some(), "rho", format!("{:?}", self.rho), "a grid over rho only with --optimizer sophiag")?;
+        v.require(
+            self.rho.is_empty() || matches!(base.optimizer, OptimizerConfig::SophiaG(_)),
+            "rho",
+            format!("{:?}", self.rho),
+            "a grid over rho only with --optimizer sophiag",
+        )?;
         for point in &points {
             point.apply(base).validate()?;
         }
