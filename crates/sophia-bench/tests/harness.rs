@@ -8,7 +8,7 @@ use sophia_bench::machine::Machine;
 use sophia_bench::memory::{MemoryEntry, MemoryReport, state_bytes};
 use sophia_bench::{compare, memory, report, throughput};
 use sophia_gpt2::{Gpt2, Gpt2Config};
-use sophia_train::train::{OptimizerConfig, OptimizerKind, Rho, SophiaGSettings, TrainConfig};
+use sophia_train::train::{OptimizerConfig, OptimizerKind, Rho, SophiaGSettings, TrainConfig, TrainSummary};
 
 fn scratch(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("sophia-bench-{name}-{}", std::process::id()));
@@ -168,6 +168,28 @@ fn compare_report_round_trips_and_draws_its_table_and_plots() {
     assert!(page.contains("../results/compare-bpe.png") && page.contains("../results/compare-long.png") && !page.contains("compare-bpe-lr-rho.png"), "{page}");
     assert_eq!(page.matches("Paper's claim").count(), 3, "{page}");
     assert!(page.contains("Not measured yet: default-run.json, bench-step.json, memory.json, throughput.json"), "{page}");
+    // The default run's summary, with the wall time spent outside the steps.
+    let run = TrainSummary {
+        run_dir: "runs/shakespeare-char".into(),
+        optimizer: "sophiag".into(),
+        parameters: 812_288,
+        steps: 2000,
+        tokens: 1_536_000,
+        seconds: 100.0,
+        tokens_per_sec: 15_360.0,
+        final_val_loss: 1.8,
+        best_val_loss: 1.8,
+        unigram_val_loss: 3.3,
+        refreshes: 200,
+        hessian_time_fraction: 0.05,
+        eval_time_fraction: 0.04,
+        sample_time_fraction: 0.05,
+        checkpoint_time_fraction: 0.002,
+        final_win_rate: Some(0.07),
+    };
+    std::fs::write(dir.join("default-run.json"), serde_json::to_string(&run).unwrap()).unwrap();
+    let page = report::render(&dir, None).unwrap();
+    assert!(page.contains("| of which outside the steps | evaluations 4.0 s, samples 5.0 s, checkpoints 0.2 s |"), "{page}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
