@@ -67,7 +67,7 @@ pub(crate) fn run(args: TestArgs) -> anyhow::Result<()> {
     if !golden.is_dir() {
         bail!("golden reference vectors not found at {}: restore crates/sophia-golden/data, or point SOPHIA_GOLDEN_DIR at a golden set", golden.display());
     }
-    let nextest = Command::new("cargo").args(["nextest", "--version"]).output().is_ok_and(|o| o.status.success());
+    let nextest = cargo_has("nextest");
     if args.lavapipe && args.backend != TestBackend::Wgpu {
         bail!("--lavapipe applies to --backend wgpu");
     }
@@ -91,17 +91,21 @@ pub(crate) fn run(args: TestArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether the cargo subcommand `tool` is installed.
+fn cargo_has(tool: &str) -> bool {
+    Command::new("cargo").args([tool, "--version"]).output().is_ok_and(|o| o.status.success())
+}
+
 /// The house style: `cargo fmt` (with the workspace's rustfmt.toml) leaves every file as it is,
 /// and clippy finds nothing to warn about in any target. A toolchain without the rustfmt or
 /// clippy component skips that check with a note.
 fn check_style() -> anyhow::Result<()> {
-    let has = |tool: &str| Command::new("cargo").args([tool, "--version"]).output().is_ok_and(|o| o.status.success());
-    if has("fmt") {
+    if cargo_has("fmt") {
         run_command(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
     } else {
         eprintln!("rustfmt not found; formatting not checked (install it with `rustup component add rustfmt`)");
     }
-    if has("clippy") {
+    if cargo_has("clippy") {
         run_command(Command::new("cargo").args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     } else {
         eprintln!("clippy not found; lints not checked (install it with `rustup component add clippy`)");

@@ -152,8 +152,7 @@ pub(crate) fn run(args: TrainArgs) -> anyhow::Result<()> {
     println!("optimizer      {} ({} parameters)", summary.optimizer, summary.parameters);
     println!("steps          {} ({} tokens in {:.0} s, {:.0} tokens/s)", summary.steps, summary.tokens, summary.seconds, summary.tokens_per_sec);
     println!("val loss       {:.4} (best {:.4}; unigram baseline {:.4})", summary.final_val_loss, summary.best_val_loss, summary.unigram_val_loss);
-    let secs = |fraction: f64| fraction * summary.seconds;
-    let outside = [summary.eval_time_fraction, summary.sample_time_fraction, summary.checkpoint_time_fraction].map(secs);
+    let outside = summary.seconds_outside_steps();
     println!(
         "time           steps {:.1} s, evaluations {:.1} s, samples {:.1} s, checkpoints {:.1} s",
         summary.seconds - outside.iter().sum::<f64>(),

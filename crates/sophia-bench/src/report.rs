@@ -72,7 +72,7 @@ pub fn render(results: &Path, notes: Option<&str>) -> Result<String, crate::Benc
         out.push_str("![training curves](default-run.png)\n\n| figure | value |\n|---|---|\n");
         let _ = writeln!(out, "| model | {} parameters, {} optimizer |", run.parameters, run.optimizer);
         let _ = writeln!(out, "| training | {} steps, {} tokens in {:.0} s ({:.0} tokens/s) |", run.steps, run.tokens, run.seconds, run.tokens_per_sec);
-        let outside = [run.eval_time_fraction, run.sample_time_fraction, run.checkpoint_time_fraction].map(|f| f * run.seconds);
+        let outside = run.seconds_outside_steps();
         if outside.iter().any(|&s| s > 0.0) {
             let _ = writeln!(out, "| of which outside the steps | evaluations {:.1} s, samples {:.1} s, checkpoints {:.1} s |", outside[0], outside[1], outside[2]);
         }

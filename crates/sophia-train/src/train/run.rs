@@ -82,6 +82,13 @@ pub struct TrainSummary {
     pub final_win_rate: Option<f64>,
 }
 
+impl TrainSummary {
+    /// Seconds spent outside the steps: `[evaluations, samples, checkpoints]`.
+    pub fn seconds_outside_steps(&self) -> [f64; 3] {
+        [self.eval_time_fraction, self.sample_time_fraction, self.checkpoint_time_fraction].map(|fraction| fraction * self.seconds)
+    }
+}
+
 /// Hold `run_dir` (created if missing) for this process: an exclusive lock on its `.lock` file,
 /// released when the returned file is dropped or the process ends, however it ends. Two
 /// processes writing one run's checkpoints and metrics would corrupt each other's.
