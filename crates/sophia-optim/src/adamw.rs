@@ -58,6 +58,8 @@ struct Constants {
     beta_2: f32,
     epsilon: f32,
     weight_decay: f32,
+    /// Whether the one-pass update runs where it applies (compiled with the `flex` feature).
+    #[cfg_attr(not(feature = "flex"), expect(dead_code, reason = "only the `flex` feature compiles the one-pass update"))]
     fused: bool,
 }
 

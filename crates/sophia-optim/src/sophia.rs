@@ -185,6 +185,8 @@ pub struct Sophia {
     weight_decay: f64,
     variant: SophiaVariant,
     control: SophiaControl,
+    /// Whether the one-pass update runs where it applies (compiled with the `flex` feature).
+    #[cfg_attr(not(feature = "flex"), expect(dead_code, reason = "only the `flex` feature compiles the one-pass update"))]
     fused: bool,
 }
 

@@ -47,6 +47,8 @@ pub struct Tiger {
     beta: f64,
     weight_decay: f64,
     scale_by_rms: bool,
+    /// Whether the one-pass update runs where it applies (compiled with the `flex` feature).
+    #[cfg_attr(not(feature = "flex"), expect(dead_code, reason = "only the `flex` feature compiles the one-pass update"))]
     fused: bool,
 }
 
