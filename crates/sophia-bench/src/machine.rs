@@ -16,6 +16,35 @@ pub struct Machine {
     pub os: String,
     /// The Burn backend measured.
     pub backend: String,
+    /// The widest vector instructions the fused kernels use on this CPU (`AVX-512F`,
+    /// `AVX2+FMA`, `none` on x86-64 without them; `unknown` elsewhere, and in results recorded
+    /// before this field): the matrix products run on register tiles with AVX-512F or AVX2
+    /// (the same bits, at different speeds) and on `matrixmultiply`'s packed kernel without them
+    /// (other last bits), so speed figures compare only within one.
+    #[serde(default = "unknown")]
+    pub vector_isa: String,
+}
+
+fn unknown() -> String {
+    "unknown".into()
+}
+
+/// [`Machine::vector_isa`] for this CPU.
+fn vector_isa() -> String {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        let isa = if has!("avx512f") {
+            "AVX-512F"
+        } else if has!("avx2") && has!("fma") {
+            "AVX2+FMA"
+        } else {
+            "none"
+        };
+        isa.into()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unknown()
 }
 
 impl Machine {
@@ -35,11 +64,12 @@ impl Machine {
             memory_gib: (memory_kib / (1024.0 * 1024.0) * 10.0).round() / 10.0,
             os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
             backend: backend.into(),
+            vector_isa: vector_isa(),
         }
     }
 
     /// One line for tables and plot titles.
     pub fn describe(&self) -> String {
-        format!("{}, {} logical CPUs, {} GiB, {}, backend {}", self.cpu, self.logical_cpus, self.memory_gib, self.os, self.backend)
+        format!("{} ({}), {} logical CPUs, {} GiB, {}, backend {}", self.cpu, self.vector_isa, self.logical_cpus, self.memory_gib, self.os, self.backend)
     }
 }

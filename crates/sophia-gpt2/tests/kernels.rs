@@ -476,7 +476,7 @@ fn gelu_where_it_saturates() {
 }
 
 /// Products whose every dimension is large run on the packed kernel (the random shapes above, on
-/// the register tiles where the CPU has AVX-512F); both kernels match the reference.
+/// the register tiles where the CPU has AVX-512F or AVX2); both kernels match the reference.
 #[test]
 fn large_products_and_their_gradients_match_an_f64_reference() {
     let device = device();

@@ -13,7 +13,7 @@
 //! layout the output projection reads) and the gradient into `[batch, seq, 3·C]` the same way:
 //! none of the composed path's splits, transposes, masks and copies, which on a small model
 //! were more of the step than attention's arithmetic. The products are [`gemm`](super::gemm)'s
-//! on the calling thread (register tiles where the CPU has AVX-512F); the backward node keeps
+//! on the calling thread (register tiles where the CPU has AVX-512F or AVX2); the backward node keeps
 //! `P` (`[batch, heads, seq, seq]`, zero above the diagonal). A task's arithmetic does not
 //! depend on the number of threads.
 

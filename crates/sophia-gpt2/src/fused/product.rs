@@ -10,7 +10,7 @@
 //! ```
 //!
 //! Each product is one call of a [`gemm`](super::gemm) kernel per rayon thread (register tiles
-//! on AVX-512 for the small shapes of a training step, `matrixmultiply`'s packed `sgemm`
+//! on AVX-512 or AVX2 for the small shapes of a training step, `matrixmultiply`'s packed `sgemm`
 //! otherwise; strided operands read straight from the tensor's storage), the larger of the
 //! output's dimensions split into one block per thread. Flex
 //! runs Burn's `linear` through the `gemm` crate as a batched matmul of one small `[seq, K]`
@@ -83,7 +83,7 @@ fn differentiable_product(x: FloatTensor<AutodiffFlex>, weight: FloatTensor<Auto
 /// (the `gemm` crate): the LM head of a narrow model on a large vocabulary (`[rows, 16]` against
 /// `[16, 50257]`) is mostly the packing of the vocabulary-wide operand, which `matrixmultiply`
 /// pays in full and `gemm` largely avoids (on `cpu-1m` the backward pass took 3.4 times as long
-/// with `matrixmultiply`; with the register tiles of [`Kernel::Tiles`] both ways measured the
+/// with `matrixmultiply`; with the AVX-512 register tiles of [`Kernel::Avx512Tiles`] both ways measured the
 /// same).
 const NARROW: usize = 32;
 
