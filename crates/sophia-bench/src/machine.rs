@@ -73,3 +73,20 @@ impl Machine {
         format!("{} ({}), {} logical CPUs, {} GiB, {}, backend {}", self.cpu, self.vector_isa, self.logical_cpus, self.memory_gib, self.os, self.backend)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_recorded_before_the_vector_isa_read_as_unknown_and_this_cpu_names_its_own() {
+        let old = r#"{"cpu": "Intel(R) Xeon(R) Processor", "logical_cpus": 2, "memory_gib": 23.5, "os": "linux x86_64", "backend": "flex"}"#;
+        let machine: Machine = serde_json::from_str(old).unwrap();
+        assert_eq!(machine.vector_isa, "unknown");
+        assert!(machine.describe().starts_with("Intel(R) Xeon(R) Processor (unknown), 2 logical CPUs"), "{}", machine.describe());
+        let here = Machine::detect("flex");
+        let known: &[&str] = if cfg!(target_arch = "x86_64") { &["AVX-512F", "AVX2+FMA", "none"] } else { &["unknown"] };
+        assert!(known.contains(&here.vector_isa.as_str()), "{}", here.vector_isa);
+        assert_eq!(serde_json::from_str::<Machine>(&serde_json::to_string(&here).unwrap()).unwrap(), here);
+    }
+}
