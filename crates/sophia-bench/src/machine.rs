@@ -31,20 +31,14 @@ fn unknown() -> String {
 
 /// [`Machine::vector_isa`] for this CPU.
 fn vector_isa() -> String {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::is_x86_feature_detected as has;
-        let isa = if has!("avx512f") {
-            "AVX-512F"
-        } else if has!("avx2") && has!("fma") {
-            "AVX2+FMA"
-        } else {
-            "none"
-        };
-        isa.into()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    unknown()
+    use sophia_gpt2::kernels::VectorIsa;
+    let isa = match VectorIsa::detect() {
+        VectorIsa::Avx512F => "AVX-512F",
+        VectorIsa::Avx2Fma => "AVX2+FMA",
+        VectorIsa::Portable if cfg!(target_arch = "x86_64") => "none",
+        VectorIsa::Portable => return unknown(),
+    };
+    isa.into()
 }
 
 impl Machine {

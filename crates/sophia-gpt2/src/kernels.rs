@@ -42,3 +42,33 @@ impl std::str::FromStr for Kernels {
         }
     }
 }
+
+/// The widest vector instructions the fused kernels use on this CPU: which multiversioned body
+/// and which matrix-product kernel run (register tiles on AVX-512F or on AVX2 with FMA,
+/// `matrixmultiply`'s packed kernel otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VectorIsa {
+    /// x86-64 with AVX-512F.
+    Avx512F,
+    /// x86-64 with AVX2 and FMA, without AVX-512F.
+    Avx2Fma,
+    /// Any other CPU: the portable bodies.
+    Portable,
+}
+
+impl VectorIsa {
+    /// This CPU's (the standard library caches the detection).
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx512f") {
+                return Self::Avx512F;
+            }
+            if has!("avx2") && has!("fma") {
+                return Self::Avx2Fma;
+            }
+        }
+        Self::Portable
+    }
+}

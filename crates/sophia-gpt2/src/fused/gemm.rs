@@ -25,6 +25,8 @@
 
 use burn::backend::flex::FlexTensor;
 
+use crate::kernels::VectorIsa;
+
 /// Steps of the inner dimension per block.
 const KC: usize = 128;
 /// Below this size of its smallest dimension a product runs on the tiles (where the CPU has
@@ -97,18 +99,11 @@ impl Kernel {
     /// The kernel of an `[m, k] × [k, n]` product (decided on the whole product, never on a
     /// thread's block of it, so the split does not change the result).
     pub(super) fn for_product(m: usize, k: usize, n: usize) -> Self {
-        #[cfg(target_arch = "x86_64")]
-        if m.min(k).min(n) < SMALL {
-            use std::arch::is_x86_feature_detected as has;
-            if has!("avx512f") {
-                return Self::Avx512Tiles;
-            }
-            if has!("avx2") && has!("fma") {
-                return Self::Avx2Tiles;
-            }
+        match VectorIsa::detect() {
+            VectorIsa::Avx512F if m.min(k).min(n) < SMALL => Self::Avx512Tiles,
+            VectorIsa::Avx2Fma if m.min(k).min(n) < SMALL => Self::Avx2Tiles,
+            _ => Self::Packed,
         }
-        let _ = (m, k, n);
-        Self::Packed
     }
 
     /// `C = A·B + β·C` for `A` `[m, k]` and `B` `[k, n]`, `C` row-major with rows `c_stride`

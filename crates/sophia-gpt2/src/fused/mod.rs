@@ -75,13 +75,12 @@ macro_rules! multiversion {
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
                     $body($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx512f") {
+                match $crate::kernels::VectorIsa::detect() {
                     // SAFETY: the CPU has the instructions the function is compiled for.
-                    return unsafe { avx512($($arg),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    $crate::kernels::VectorIsa::Avx512F => return unsafe { avx512($($arg),*) },
                     // SAFETY: as above.
-                    return unsafe { avx2($($arg),*) };
+                    $crate::kernels::VectorIsa::Avx2Fma => return unsafe { avx2($($arg),*) },
+                    $crate::kernels::VectorIsa::Portable => {}
                 }
             }
             $body($($arg),*)
