@@ -12,8 +12,14 @@ Use it to measure the default run against PyTorch on the same CPU in one window:
 
     python3 -m venv /tmp/torch && /tmp/torch/bin/pip install torch numpy
     cargo xtask train                     # prepares data/shakespeare-char, then trains
-    /tmp/torch/bin/python crates/sophia-bench/peers/nanogpt_char.py --optimizer adamw
-    /tmp/torch/bin/python crates/sophia-bench/peers/nanogpt_char.py --optimizer sophiag
+    peer=crates/sophia-bench/peers/nanogpt_char.py
+    /tmp/torch/bin/python $peer --optimizer adamw --json results/peer-pytorch.json
+    /tmp/torch/bin/python $peer --optimizer sophiag --json results/peer-pytorch.json \
+        --ours runs/shakespeare-char/summary.json
+
+`--json` collects the runs of one window in one file with the machine, and `--ours` records
+our run's summary beside them. Nothing else may run on the CPU meanwhile: PyTorch's threads
+spin while they wait, so a busy machine slows it far more than it slows us.
 
 The model keeps the biases (nanoGPT's `bias=True`), as our `char` preset does, so both have
 812,288 parameters. Batches are drawn as nanoGPT draws them (uniform random offsets), not with
@@ -118,7 +124,8 @@ def main():
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--seed", type=int, default=1337)
-    ap.add_argument("--json", help="write the summary here as JSON")
+    ap.add_argument("--json", help="add this run's summary to this JSON file (one entry per optimizer, with the machine)")
+    ap.add_argument("--ours", help="a summary.json of `cargo xtask train` from the same window, recorded beside the peer's runs")
     args = ap.parse_args()
 
     torch.manual_seed(args.seed)
@@ -209,8 +216,23 @@ def main():
     }
     print(json.dumps(summary, indent=1))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(summary, f, indent=1)
+        record = json.load(open(args.json)) if os.path.exists(args.json) else {}
+        record["machine"] = machine()
+        record.setdefault("pytorch", {})[args.optimizer] = summary
+        if args.ours:
+            record["sophia_burn"] = json.load(open(args.ours))
+        with open(args.json + ".tmp", "w") as f:
+            json.dump(record, f, indent=1)
+        os.replace(args.json + ".tmp", args.json)
+
+
+def machine():
+    """The CPU, as `bench` records it (sophia_bench::machine::Machine)."""
+    cpuinfo = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    name = next((l.split(":", 1)[1].strip() for l in cpuinfo.splitlines() if l.startswith("model name")), "unknown")
+    flags = set(next((l.split(":", 1)[1].split() for l in cpuinfo.splitlines() if l.startswith("flags")), []))
+    isa = "AVX-512F" if "avx512f" in flags else "AVX2+FMA" if {"avx2", "fma"} <= flags else "none"
+    return {"cpu": name, "logical_cpus": os.cpu_count(), "vector_isa": isa, "torch_threads": torch.get_num_threads()}
 
 
 if __name__ == "__main__":
