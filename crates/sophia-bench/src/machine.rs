@@ -18,9 +18,10 @@ pub struct Machine {
     pub backend: String,
     /// The widest vector instructions the fused kernels use on this CPU (`AVX-512F`,
     /// `AVX2+FMA`, `none` on x86-64 without them; `unknown` elsewhere, and in results recorded
-    /// before this field): the matrix products run on register tiles with AVX-512F or AVX2
-    /// (the same bits, at different speeds) and on `matrixmultiply`'s packed kernel without them
-    /// (other last bits), so speed figures compare only within one.
+    /// before this field): the attention's and the fused LM head's matrix products run on
+    /// register tiles with AVX-512F or AVX2 (the same bits, at different speeds) and on the
+    /// `gemm` crate's packed kernel without them (other last bits), so speed figures compare
+    /// only within one.
     #[serde(default = "unknown")]
     pub vector_isa: String,
 }

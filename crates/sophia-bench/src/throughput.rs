@@ -124,6 +124,11 @@ fn median(mut times: Vec<f64>) -> f64 {
     times[times.len() / 2]
 }
 
+/// Timed products of the peak measurement, at least: a 1024³ product takes about 15 ms on two
+/// cores, and the best of five of them on a shared machine missed its rate by up to a third
+/// (training steps then reached more than 100% of the "peak").
+const PEAK_ROUNDS: usize = 20;
+
 /// Best rate of an `n × n` by `n × n` f32 matrix product on `device` (no autodiff) with the
 /// implementation `kernels` asks for (the one the model's layers use), GFLOP/s.
 pub fn peak_matmul_gflops(device: &Device, n: usize, repetitions: usize, kernels: Kernels) -> f64 {
@@ -158,8 +163,9 @@ pub fn run(
     v.at_least_one("batch", batch)?;
     v.at_least_one("block", block)?;
     let peak_size = 1024;
-    let peak = peak_matmul_gflops(device, peak_size, repetitions, Kernels::Fused);
-    let backend_peak = peak_matmul_gflops(device, peak_size, repetitions, Kernels::Composed);
+    let peak_rounds = repetitions.max(PEAK_ROUNDS);
+    let peak = peak_matmul_gflops(device, peak_size, peak_rounds, Kernels::Fused);
+    let backend_peak = peak_matmul_gflops(device, peak_size, peak_rounds, Kernels::Composed);
     progress(&format!("peak matmul ({peak_size}³, f32): {peak:.1} GFLOP/s (the backend's own matmul: {backend_peak:.1})"));
     let mut entries = Vec::new();
     for (&preset, &kernels) in presets.iter().flat_map(|p| kernels.iter().map(move |k| (p, k))) {

@@ -44,8 +44,9 @@ impl std::str::FromStr for Kernels {
 }
 
 /// The widest vector instructions the fused kernels use on this CPU: which multiversioned body
-/// and which matrix-product kernel run (register tiles on AVX-512F or on AVX2 with FMA,
-/// `matrixmultiply`'s packed kernel otherwise).
+/// and which kernel runs the matrix products inside the attention and the fused LM head
+/// (register tiles on AVX-512F or on AVX2 with FMA for products with a dimension below 256,
+/// the `gemm` crate's packed kernel for the others and on every other CPU).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VectorIsa {
     /// x86-64 with AVX-512F.

@@ -13,8 +13,8 @@
 //! - [`loss`]: the cross-entropy and the sampled labels, and [`activation`]: the GELU, each
 //!   fused into one parallel pass on the flex CPU backend (feature `flex`), Burn's composed
 //!   operations elsewhere ([`Kernels`]); [`norm`]: the LayerNorm, likewise; [`product`]: the
-//!   matrix products of the linear layers and the LM head, through the `matrixmultiply` crate's
-//!   kernels on flex.
+//!   matrix products of the linear layers and the LM head, through the `gemm` crate's kernel
+//!   over rayon's pool on flex.
 //! - [`GenerateOptions`] / [`Gpt2::generate`]: temperature and top-k sampling.
 //!
 //! ```no_run

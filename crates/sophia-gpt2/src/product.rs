@@ -8,8 +8,8 @@
 //!   (on flex, the `gemm` crate, batched over the leading dimensions where Burn's layout policy
 //!   keeps them);
 //! - **fused** (the `flex` CPU backend, with this crate's `flex` feature): the leading dimensions
-//!   folded into the rows and each of the three products one `sgemm` of the `matrixmultiply`
-//!   crate, split over the threads by rows, with a hand-written backward pass through Burn's
+//!   folded into the rows and each of the three products one call of the `gemm` crate's kernel
+//!   threaded over rayon's pool, with a hand-written backward pass through Burn's
 //!   backend-extension API. A transposed weight (the tied LM head, `wteᵀ`) is read in place.
 //!
 //! The two sum in different orders, so they agree to rounding (about 1e-6 relative), not bit

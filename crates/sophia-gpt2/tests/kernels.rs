@@ -475,30 +475,33 @@ fn gelu_where_it_saturates() {
     }
 }
 
-/// Products whose every dimension is large run on the packed kernel (the random shapes above, on
-/// the register tiles where the CPU has AVX-512F or AVX2); both kernels match the reference.
+/// Products with every dimension large, the inner one beyond 512 (where the kernel sums over
+/// several blocks of it), match the reference.
 #[test]
 fn large_products_and_their_gradients_match_an_f64_reference() {
     let device = device();
     device.seed(11);
     for (x_layout, w_layout) in [(0, 1), (1, 0)] {
-        let x = laid_out(x_layout, [2, 150, 270], 1.0, &device);
-        let weight = weight_laid_out(w_layout, [270, 261], &device);
+        let x = laid_out(x_layout, [2, 150, 600], 1.0, &device);
+        let weight = weight_laid_out(w_layout, [600, 261], &device);
         let g = Tensor::<3>::random([2, 150, 261], Distribution::Normal(0.0, 1.0), &device);
         products_match_the_reference(&x, &weight, &g).unwrap();
     }
 }
 
-/// The fused product splits its output's rows over the threads; every element is summed in the
-/// same order whatever the split, so one, two or three threads give the same bits.
+/// The fused product is one call of a kernel that splits it over rayon's threads; every element
+/// is summed in the same order whatever the split, so one, two or three threads give the same
+/// bits, on small shapes and on large ones (an inner dimension beyond 512 included).
 #[test]
 fn the_fused_product_does_not_depend_on_the_number_of_threads() {
     let device = device();
     device.seed(7);
-    let x = laid_out(0, [4, 37, 96], 1.0, &device);
-    let weight = weight_laid_out(1, [96, 131], &device);
-    let g = Tensor::<3>::random([4, 37, 131], Distribution::Normal(0.0, 1.0), &device);
-    assert_same_on_one_two_and_three_threads("the product or its gradients", || product_and_grads(Kernels::Fused, &x, &weight, &g));
+    for [batch, seq, k, n] in [[4, 37, 96, 131], [2, 150, 600, 261]] {
+        let x = laid_out(0, [batch, seq, k], 1.0, &device);
+        let weight = weight_laid_out(1, [k, n], &device);
+        let g = Tensor::<3>::random([batch, seq, n], Distribution::Normal(0.0, 1.0), &device);
+        assert_same_on_one_two_and_three_threads("the product or its gradients", || product_and_grads(Kernels::Fused, &x, &weight, &g));
+    }
 }
 
 /// Likewise the fused LayerNorm, whose `∂γ` and `∂β` sum over blocks of rows.
@@ -540,6 +543,15 @@ fn the_linear_cross_entropy_over_many_chunks_matches_an_f64_reference() {
     }
 }
 
+/// A hidden state 256 or more wide: the chunks' products run on the packed kernel, not on the
+/// register tiles, and still match the reference.
+#[test]
+fn the_linear_cross_entropy_of_a_wide_hidden_state_matches_an_f64_reference() {
+    for (x, weight, targets) in linear_cases(14, 300, 3001, [260]) {
+        linear_cross_entropy_matches_the_reference(&x, &weight, &targets).unwrap();
+    }
+}
+
 /// Labels drawn inside the linear cross-entropy over many chunks per group, from a narrow and a
 /// wide hidden state, and the same labels, loss and gradients on one, two and three threads.
 #[test]
@@ -557,10 +569,11 @@ fn labels_drawn_inside_the_linear_cross_entropy_over_many_chunks() {
 
 /// Likewise the fused linear cross-entropy, whose chunks of the vocabulary are grouped and the
 /// groups merged in a fixed order, with the logits recomputed in the backward pass (a narrow
-/// hidden state) and kept from the forward pass (a wider one).
+/// hidden state) and kept from the forward pass (wider ones, on the register tiles and on the
+/// packed kernel).
 #[test]
 fn the_fused_linear_cross_entropy_does_not_depend_on_the_number_of_threads() {
-    for (x, weight, targets) in linear_cases(9, 300, 3001, [24, 130]) {
+    for (x, weight, targets) in linear_cases(9, 300, 3001, [24, 130, 260]) {
         assert_same_on_one_two_and_three_threads("the linear cross-entropy or its gradients", || {
             let (loss, grads) = linear_loss_and_grads(Kernels::Fused, &x, &weight, &targets);
             (loss.to_bits(), grads)
@@ -570,7 +583,7 @@ fn the_fused_linear_cross_entropy_does_not_depend_on_the_number_of_threads() {
 
 /// Row-major `x` `[rows, width]`, `W` `[vocab, width]` (scaled by `1/√width`, so the logits are
 /// of order one) and random targets, one case per width, from `seed`.
-fn linear_cases(seed: u64, rows: usize, vocab: usize, widths: [usize; 2]) -> Vec<(Tensor<2>, Tensor<2>, Tensor<1, Int>)> {
+fn linear_cases<const W: usize>(seed: u64, rows: usize, vocab: usize, widths: [usize; W]) -> Vec<(Tensor<2>, Tensor<2>, Tensor<1, Int>)> {
     let device = device();
     device.seed(seed);
     widths

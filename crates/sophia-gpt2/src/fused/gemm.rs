@@ -1,7 +1,10 @@
-//! The matrix products under the fused kernels: `C = A·B + β·C` on one thread, `β` 0 or 1,
-//! `A` and `B` in any strided layout, `C` row-major.
+//! The matrix products under the fused kernels: `C = A·B + β·C`, `β` 0 or 1, `A` and `B` in any
+//! strided layout, `C` row-major, on the calling thread ([`gemm`]): the attention's and the LM
+//! head's products, each inside a parallel task of its own. (The linear layers' products are
+//! flex's own matmul, see [`product`](super::product).)
 //!
-//! Three kernels, chosen once per product by its shape and the CPU ([`Kernel::for_product`]):
+//! On the calling thread, one of three kernels, chosen once per product by its shape and the
+//! CPU ([`Kernel::for_product`]):
 //!
 //! - **tiles** (a product with a dimension below [`SMALL`]: the shapes of a small GPT's
 //!   training step; on a CPU with AVX-512F, or with AVX2 and FMA): no packing of `A` (a tile's
@@ -12,16 +15,22 @@
 //!   AVX2: 6 rows × 16 columns, 12 accumulators of 8 lanes) runs over blocks of [`KC`] steps of
 //!   the inner dimension, so the block of `B` it streams stays in the L1 cache while every row
 //!   block of `A` passes over it; the last tile of a row is masked, not padded.
-//! - **packed**: `matrixmultiply`'s `sgemm`, which packs both operands into panels for every
-//!   call (AVX-512, AVX2/FMA or portable micro-kernels). With every dimension large the packing
-//!   is a small share of the work and pays for itself; with an inner or outer dimension of 64 to
-//!   160 it cost as much time as the arithmetic in a training step.
+//! - **packed**: the `gemm` crate's kernel (the one flex's own matmul runs) told to stay on the
+//!   calling thread, which packs both operands into panels (AVX-512, AVX2/FMA, NEON or portable
+//!   micro-kernels, chosen at run time); with every dimension large the packing is a small
+//!   share of the work.
 //!
-//! Each kernel sums every element of `C` over the inner dimension in the same order whatever
-//! block of rows or columns of `C` a call computes, so a product split over threads gives the
-//! same bits as on one thread. Both tile kernels sum in the same order (one fused multiply-add
-//! per step of a [`KC`] block from zero, each block's sum then added to `C`), so a product on
-//! tiles has the same bits on either instruction set.
+//! Nothing here starts threads of its own inside the callers' parallel tasks (the
+//! `matrixmultiply` crate's packed kernel, used here before, did, on every call: on a 2-core
+//! CPU four busy threads, and in `bench throughput` on the 384-wide `cpu-30m` 88 000 to 171 000
+//! involuntary context switches against 640 to 860 without it).
+//!
+//! Each kernel sums every element of `C` over the inner dimension in an order fixed by the
+//! product's shape: the tile kernels whatever block of rows or columns of `C` a call computes
+//! (so a product split over threads gives the same bits as on one thread). Both tile kernels sum in the same order (one fused multiply-add per step
+//! of a [`KC`] block from zero, each block's sum then added to `C`), so a product on tiles has
+//! the same bits on either instruction set; the `gemm` crate's blocks of the inner dimension
+//! beyond 512 follow the CPU's cache sizes, so its last bits may differ between CPUs.
 
 use burn::backend::flex::FlexTensor;
 
@@ -91,7 +100,7 @@ pub(super) enum Kernel {
     Avx512Tiles,
     /// This module's register tiles on AVX2 and FMA.
     Avx2Tiles,
-    /// `matrixmultiply`'s packed `sgemm`.
+    /// The `gemm` crate's packed kernel, on the calling thread.
     Packed,
 }
 
@@ -125,8 +134,30 @@ impl Kernel {
             // SAFETY: the CPU has AVX2 and FMA; the caller's contract covers the memory.
             Self::Avx2Tiles => unsafe { tiles::gemm::<tiles::Avx2>(m, k, n, a, b, beta != 0.0, c, c_stride) },
             // SAFETY: the caller's contract.
-            _ => unsafe { matrixmultiply::sgemm(m, k, n, 1.0, a.ptr, a.row_stride, a.col_stride, b.ptr, b.row_stride, b.col_stride, beta, c, c_stride as isize, 1) },
+            _ => unsafe { packed(m, k, n, a, b, beta, c, c_stride) },
         }
+    }
+}
+
+/// `C = A·B + β·C` on the `gemm` crate's kernel, which computes `dst = α·dst + β·lhs·rhs`: its
+/// `α` is this function's `β` (`dst` not read when it is 0), its `β` is 1.
+///
+/// # Safety
+/// As [`Kernel::run`].
+#[allow(clippy::too_many_arguments, reason = "the BLAS argument list: shape, operands, β, output and its stride")]
+#[rustfmt::skip]
+unsafe fn packed(m: usize, k: usize, n: usize, a: Operand, b: Operand, beta: f32, c: *mut f32, c_stride: usize) {
+    // SAFETY: the caller's contract; `C`'s columns are adjacent, its rows `c_stride` apart.
+    unsafe {
+        ::gemm::gemm(
+            m, n, k,
+            c, 1, c_stride as isize, beta != 0.0,
+            a.ptr, a.col_stride, a.row_stride,
+            b.ptr, b.col_stride, b.row_stride,
+            beta, 1.0,
+            false, false, false,
+            ::gemm::Parallelism::None,
+        )
     }
 }
 

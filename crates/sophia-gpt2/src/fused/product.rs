@@ -9,14 +9,17 @@
 //!            ∂W = xᵀ · ∂y     [K, N]     (the sum over the rows is the product's inner dimension)
 //! ```
 //!
-//! Each product is one call of a [`gemm`](super::gemm) kernel per rayon thread (register tiles
-//! on AVX-512 or AVX2 for the small shapes of a training step, `matrixmultiply`'s packed `sgemm`
-//! otherwise; strided operands read straight from the tensor's storage), the larger of the
-//! output's dimensions split into one block per thread. Flex
-//! runs Burn's `linear` through the `gemm` crate as a batched matmul of one small `[seq, K]`
-//! matrix per sequence where Burn's layout policy keeps the batch; a product with a dimension
-//! below [`NARROW`] still goes to flex's matmul, unbatched. Every output element is summed in
-//! the same order whatever the split, so the result does not depend on the number of threads.
+//! Each product is flex's own matmul of the 2-D operands: one call of the `gemm` crate's kernel
+//! on their strides (a transposed weight read in place), threaded over rayon's pool; Burn's `linear` on flex runs the same crate as a batched
+//! matmul of one small `[seq, K]` matrix per sequence where Burn's layout policy keeps the
+//! batch. Every output element is summed in the same order on any number of threads.
+//!
+//! The register tiles of [`gemm`](super::gemm), which these products ran on before (one call
+//! per thread's block of rows), remain the kernel of the attention's and the LM head's
+//! products, each a task on one thread. For the linear layers the whole product in one call of
+//! `gemm` was the faster: on an AMD EPYC (Zen 3, AVX2), six alternating 300-step runs each of
+//! the default command trained at a median of 12958 tokens/s against 10990 on the tiles. On a
+//! CPU with AVX-512 the two have not been compared.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -25,10 +28,8 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Flex, TensorMetadata, flex::FlexTensor};
-use burn::tensor::{Shape, Tensor, TensorData};
-use rayon::prelude::*;
+use burn::tensor::{Shape, Tensor};
 
-use super::gemm::{Kernel, Operand, Output};
 use super::{AutodiffFlex, contiguous, dims};
 
 /// `x · weight` for `x` `[..., K]` and `weight` `[K, N]`: `[..., N]`.
@@ -79,49 +80,10 @@ fn differentiable_product(x: FloatTensor<AutodiffFlex>, weight: FloatTensor<Auto
     }
 }
 
-/// Below this size of a product's smallest dimension, the product goes to flex's own matmul
-/// (the `gemm` crate): the LM head of a narrow model on a large vocabulary (`[rows, 16]` against
-/// `[16, 50257]`) is mostly the packing of the vocabulary-wide operand, which `matrixmultiply`
-/// pays in full and `gemm` largely avoids (on `cpu-1m` the backward pass took 3.4 times as long
-/// with `matrixmultiply`; with the AVX-512 register tiles of [`Kernel::Avx512Tiles`] both ways measured the
-/// same).
-const NARROW: usize = 32;
-
-/// `a · b` for 2-D `a` `[m, k]` and `b` `[k, n]` in any layout: a new row-major `[m, n]`.
+/// `a · b` for 2-D `a` `[m, k]` and `b` `[k, n]` in any layout: flex's own matmul, one call of
+/// the `gemm` crate's kernel on the operands' strides, threaded over rayon's pool.
 fn matmul(a: &FlexTensor, b: &FlexTensor) -> FlexTensor {
-    let (m, k, n) = (a.shape()[0], a.shape()[1], b.shape()[1]);
-    if m.min(k).min(n) < NARROW {
-        return Flex::float_matmul(a.clone(), b.clone());
-    }
-    let ((a, _a_copy), (b, _b_copy)) = (Operand::matrix(a), Operand::matrix(b));
-    FlexTensor::from_data(TensorData::new(on_threads(m, k, n, a, b), [m, n]))
-}
-
-/// `a · b` into a new row-major `[m, n]` buffer, the larger of the output's two dimensions
-/// split into one block per rayon thread (so no two threads pack the same operand block), each
-/// block one call of the product's [`Kernel`].
-fn on_threads(m: usize, k: usize, n: usize, a: Operand, b: Operand) -> Vec<f32> {
-    let kernel = Kernel::for_product(m, k, n);
-    let mut output = Vec::<f32>::with_capacity(m * n);
-    let out = Output(output.as_mut_ptr());
-    let by_rows = m >= n;
-    let length = if by_rows { m } else { n };
-    let block = length.div_ceil(rayon::current_num_threads()).max(1);
-    (0..length.div_ceil(block)).into_par_iter().for_each(|i| {
-        // The wrappers whole (not their pointer fields) go into the closure: they are `Sync`.
-        let (a, b, out) = (&a, &b, &out);
-        let start = i * block;
-        let size = block.min(length - start);
-        let (rows, cols, a, b, first) = if by_rows { (size, n, a.at(start, 0), *b, start * n) } else { (m, size, *a, b.at(0, start), start) };
-        // SAFETY: `a` holds `m × k` and `b` `k × n` readable elements at their strides; this
-        // task's block of `a`'s rows or `b`'s columns starts at `start`; its `rows × cols` block
-        // of the output starts at `first` with row stride `n`, is inside the buffer's capacity,
-        // is written by no other task, and β = 0.
-        unsafe { kernel.run(rows, k, cols, a, b, 0.0, out.0.add(first), n) }
-    });
-    // SAFETY: the blocks cover every one of the `m × n` elements (none when m or n is 0).
-    unsafe { output.set_len(m * n) };
-    output
+    Flex::float_matmul(a.clone(), b.clone())
 }
 
 /// `y = x · weight`, `[..., N]` in row-major order.
