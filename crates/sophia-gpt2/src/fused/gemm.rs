@@ -27,9 +27,10 @@
 //!
 //! Each kernel sums every element of `C` over the inner dimension in an order fixed by the
 //! product's shape: the tile kernels whatever block of rows or columns of `C` a call computes
-//! (so a product split over threads gives the same bits as on one thread). Both tile kernels sum in the same order (one fused multiply-add per step
-//! of a [`KC`] block from zero, each block's sum then added to `C`), so a product on tiles has
-//! the same bits on either instruction set; the `gemm` crate's blocks of the inner dimension
+//! (so a product split over threads gives the same bits as on one thread). Both tile kernels
+//! sum in the same order (one fused multiply-add per step of a [`KC`] block from zero, each
+//! block's sum then added to `C`), so a product on tiles has the same bits on either
+//! instruction set; the `gemm` crate's blocks of the inner dimension
 //! beyond 512 follow the CPU's cache sizes, so its last bits may differ between CPUs.
 
 use burn::backend::flex::FlexTensor;

@@ -10,9 +10,9 @@
 //! ```
 //!
 //! Each product is flex's own matmul of the 2-D operands: one call of the `gemm` crate's kernel
-//! on their strides (a transposed weight read in place), threaded over rayon's pool; Burn's `linear` on flex runs the same crate as a batched
-//! matmul of one small `[seq, K]` matrix per sequence where Burn's layout policy keeps the
-//! batch. Every output element is summed in the same order on any number of threads.
+//! on their strides (a transposed weight read in place), threaded over rayon's pool; Burn's
+//! `linear` on flex runs the same crate as a batched matmul of one small `[seq, K]` matrix per
+//! sequence where Burn's layout policy keeps the batch. Every output element is summed in the same order on any number of threads.
 //!
 //! The register tiles of [`gemm`](super::gemm), which these products ran on before (one call
 //! per thread's block of rows), remain the kernel of the attention's and the LM head's
@@ -80,30 +80,24 @@ fn differentiable_product(x: FloatTensor<AutodiffFlex>, weight: FloatTensor<Auto
     }
 }
 
-/// `a · b` for 2-D `a` `[m, k]` and `b` `[k, n]` in any layout: flex's own matmul, one call of
-/// the `gemm` crate's kernel on the operands' strides, threaded over rayon's pool.
-fn matmul(a: &FlexTensor, b: &FlexTensor) -> FlexTensor {
-    Flex::float_matmul(a.clone(), b.clone())
-}
-
 /// `y = x · weight`, `[..., N]` in row-major order.
 fn forward(x: &FlexTensor, weight: &FlexTensor) -> FlexTensor {
     let x = contiguous(x);
     let (rows, k) = dims(&x);
     let n = weight.shape()[1];
-    matmul(&x.reshape(Shape::new([rows, k])), weight).reshape(with_last(x.shape(), n))
+    Flex::float_matmul(x.reshape(Shape::new([rows, k])), weight.clone()).reshape(with_last(x.shape(), n))
 }
 
 /// `∂x = ∂y · weightᵀ`, in `x`'s shape.
 fn input_grad(grad: &FlexTensor, weight: &FlexTensor, x_shape: Shape) -> FlexTensor {
     let (rows, n) = dims(grad);
-    matmul(&grad.reshape(Shape::new([rows, n])), &weight.transpose(0, 1)).reshape(x_shape)
+    Flex::float_matmul(grad.reshape(Shape::new([rows, n])), weight.transpose(0, 1)).reshape(x_shape)
 }
 
 /// `∂W = xᵀ · ∂y`, `[K, N]`: the product sums over every row of `x` and `∂y`.
 fn weight_grad(x: &FlexTensor, grad: &FlexTensor) -> FlexTensor {
     let ((rows, k), (_, n)) = (dims(x), dims(grad));
-    matmul(&x.reshape(Shape::new([rows, k])).transpose(0, 1), &grad.reshape(Shape::new([rows, n])))
+    Flex::float_matmul(x.reshape(Shape::new([rows, k])).transpose(0, 1), grad.reshape(Shape::new([rows, n])))
 }
 
 /// `shape` with its last dimension replaced by `last`.
