@@ -221,9 +221,14 @@ def main():
         record.setdefault("pytorch", {})[args.optimizer] = summary
         if args.ours:
             record["sophia_burn"] = json.load(open(args.ours))
-        with open(args.json + ".tmp", "w") as f:
-            json.dump(record, f, indent=1)
-        os.replace(args.json + ".tmp", args.json)
+        write_json(args.json, record)
+
+
+def write_json(path, record):
+    """Write `record` to `path` through a temporary file, so an interrupted write loses nothing."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(record, f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 def machine():

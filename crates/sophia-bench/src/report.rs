@@ -44,6 +44,72 @@ struct BaselineEntry {
     refresh_to_step: f64,
 }
 
+/// Where and with what a PyTorch peer ran: the fields every peer script writes.
+#[derive(Debug, Clone, serde::Deserialize)]
+struct PeerRun {
+    machine: PeerMachine,
+    torch: String,
+    threads: usize,
+}
+
+impl PeerRun {
+    /// The opening of a peer's paragraph: PyTorch's version and threads, the file and script, the
+    /// CPU, and whether it is the section's (a ratio across two CPUs means little).
+    fn against(&self, file: &str, script: &str, ours: &crate::machine::Machine) -> String {
+        let cpu = if self.machine.cpu == ours.cpu && self.machine.vector_isa == ours.vector_isa {
+            "the CPU of the table above"
+        } else {
+            "**another CPU than the table above's**: the ratios mix machines"
+        };
+        format!(
+            "Against PyTorch {} in eager mode on {} threads (`results/{file}`, `crates/sophia-bench/peers/{script}`; {} ({}), {cpu})",
+            self.torch, self.threads, self.machine.cpu, self.machine.vector_isa
+        )
+    }
+}
+
+/// The figures of `crates/sophia-bench/peers/throughput.py`: the same presets and timings in
+/// eager PyTorch, to set our tokens/s beside PyTorch's on the same CPU.
+#[derive(Debug, Clone, serde::Deserialize)]
+struct PeerThroughput {
+    #[serde(flatten)]
+    run: PeerRun,
+    peak_matmul_gflops: f64,
+    entries: Vec<PeerEntry>,
+}
+
+/// The figures of `crates/sophia-bench/peers/step.py`: PyTorch's optimizer steps on the
+/// parameters of one preset, to set our step costs beside them on the same CPU.
+#[derive(Debug, Clone, serde::Deserialize)]
+struct PeerStep {
+    #[serde(flatten)]
+    run: PeerRun,
+    preset: String,
+    parameters: usize,
+    timings: Vec<PeerStepTiming>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+struct PeerStepTiming {
+    optimizer: String,
+    ns_per_param: f64,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+struct PeerMachine {
+    cpu: String,
+    vector_isa: String,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+struct PeerEntry {
+    preset: String,
+    parameters: usize,
+    tokens_per_sec: f64,
+    refresh_to_step: f64,
+    quarter_refresh_to_step: f64,
+}
+
 /// Build the markdown from whichever results exist in `results` (paths in the text are relative
 /// to `docs/`); `notes` is appended verbatim (the discussion written by people).
 pub fn render(results: &Path, notes: Option<&str>) -> Result<String, crate::BenchError> {
@@ -164,6 +230,20 @@ pub fn render(results: &Path, notes: Option<&str>) -> Result<String, crate::Benc
             if let Some(fused) = report.timings.iter().find(|f| f.optimizer == name && f.preset == t.preset) {
                 let _ =
                     writeln!(out, "- {} on {}: the one-pass update is {:.2}x faster than the composed operations.", name, t.preset, t.median_secs / fused.median_secs);
+            }
+        }
+        if let Some(peer) = read::<PeerStep>(results, "peer-pytorch-step.json", &mut Vec::new())? {
+            let _ = writeln!(
+                out,
+                "\n{}, on {}'s {} parameters, ns per parameter: {}.",
+                peer.run.against("peer-pytorch-step.json", "step.py", &report.machine),
+                peer.preset,
+                peer.parameters,
+                peer.timings.iter().map(|t| format!("{} {:.2}", t.optimizer, t.ns_per_param)).collect::<Vec<_>>().join(", ")
+            );
+            for t in report.timings.iter().filter(|t| t.preset == peer.preset && ["adamw", "sophiag", "lion", "tiger"].contains(&t.optimizer.as_str())) {
+                let ratios: Vec<String> = peer.timings.iter().map(|p| format!("{:.2}x PyTorch's {}", t.ns_per_param / p.ns_per_param, p.optimizer)).collect();
+                let _ = writeln!(out, "- ours, {}: {:.2} ns per parameter, {}.", t.optimizer, t.ns_per_param, ratios.join(", "));
             }
         }
     }
@@ -288,6 +368,35 @@ pub fn render(results: &Path, notes: Option<&str>) -> Result<String, crate::Benc
                         ratio,
                         verdict(ratio >= 3.0),
                         b.refresh_to_step,
+                        e.refresh_to_step
+                    );
+                }
+            }
+        }
+        if let Some(peer) = read::<PeerThroughput>(results, "peer-pytorch-throughput.json", &mut Vec::new())? {
+            let _ = writeln!(
+                out,
+                "\n{}: the same presets, batch and timings; peak matmul {:.1} GFLOP/s against our {:.1}. Training tokens/s at least PyTorch's:",
+                peer.run.against("peer-pytorch-throughput.json", "throughput.py", &report.machine),
+                peer.peak_matmul_gflops,
+                report.peak_matmul_gflops
+            );
+            for e in report.entries.iter().filter(|e| e.kernels == sophia_gpt2::Kernels::Fused) {
+                if let Some(p) = peer.entries.iter().find(|p| p.preset == e.preset) {
+                    let ratio = e.tokens_per_sec / p.tokens_per_sec;
+                    let shape =
+                        if p.parameters == e.parameters { String::new() } else { format!(" (PyTorch's model has {} parameters, ours {})", p.parameters, e.parameters) };
+                    let _ = writeln!(
+                        out,
+                        "- {}: PyTorch {:.0}, ours {:.0} tokens/s, {:.2}x ({}){}; refresh: the official one on the step's batch {:.2} PyTorch steps, on a quarter of the batch {:.2}, ours {:.2}.",
+                        e.preset,
+                        p.tokens_per_sec,
+                        e.tokens_per_sec,
+                        ratio,
+                        verdict(ratio >= 1.0),
+                        shape,
+                        p.refresh_to_step,
+                        p.quarter_refresh_to_step,
                         e.refresh_to_step
                     );
                 }

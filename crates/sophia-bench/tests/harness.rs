@@ -244,6 +244,32 @@ fn memory_and_throughput_reports_round_trip() {
     assert!(page.contains("## Memory") && page.contains("## Throughput") && page.contains("Where a training step's time goes"), "{page}");
     assert!(page.contains("(8 bytes): missed") && page.contains("(4 bytes): met"), "{page}");
     assert!(page.contains("- cpu-1m: ") && page.contains(", 4.00x (met); refresh 1.50 → "), "{page}");
+    assert!(!page.contains("Against PyTorch"), "no peer file, no peer lines: {page}");
+    // The PyTorch peer's figures (peers/throughput.py) set ours beside PyTorch's, preset by
+    // preset, and say when they come from another CPU or another model.
+    let peer = |cpu: &str, parameters: usize, tokens_per_sec: f64| {
+        serde_json::json!({
+            "machine": { "cpu": cpu, "logical_cpus": 2, "vector_isa": report.machine.vector_isa, "torch_threads": 2 },
+            "torch": "2.15.0", "threads": 2, "repetitions": 5, "peak_matmul_gflops": 120.0, "peak_matmul_size": 1024,
+            "entries": [{ "preset": "cpu-1m", "parameters": parameters, "batch_tokens": 8, "step_secs": 8.0 / tokens_per_sec,
+                          "tokens_per_sec": tokens_per_sec, "refresh_secs": 0.1, "refresh_to_step": 1.25,
+                          "quarter_refresh_secs": 0.05, "quarter_refresh_to_step": 0.5 }],
+        })
+    };
+    let peer_file = dir.join("peer-pytorch-throughput.json");
+    std::fs::write(&peer_file, peer(&report.machine.cpu, e.parameters, e.tokens_per_sec / 2.0).to_string()).unwrap();
+    let page = report::render(&dir, None).unwrap();
+    assert!(page.contains("Against PyTorch 2.15.0 in eager mode on 2 threads") && page.contains("the CPU of the table above"), "{page}");
+    assert!(
+        page.contains(&format!(
+            " tokens/s, 2.00x (met); refresh: the official one on the step's batch 1.25 PyTorch steps, on a quarter of the batch 0.50, ours {:.2}.",
+            e.refresh_to_step
+        )),
+        "{page}"
+    );
+    std::fs::write(&peer_file, peer("another CPU", e.parameters + 1, e.tokens_per_sec * 2.0).to_string()).unwrap();
+    let page = report::render(&dir, None).unwrap();
+    assert!(page.contains("another CPU than the table above's") && page.contains(" tokens/s, 0.50x (missed) (PyTorch's model has "), "{page}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

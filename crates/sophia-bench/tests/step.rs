@@ -1,9 +1,10 @@
 //! The step benchmark's harness: every optimizer is timed (those with a one-pass update on flex
 //! also with the composed operations), and the memory floor beside them; ratios are relative to
-//! AdamW, the
-//! JSON round-trips and the plot is drawn from it. No timing is asserted.
+//! AdamW, the JSON round-trips, the plot is drawn from it and the results page sets it beside
+//! PyTorch's figures. No timing is asserted.
 
 use burn::tensor::Device;
+use sophia_bench::report;
 use sophia_bench::step::{StepReport, plot, run, write};
 
 #[test]
@@ -46,5 +47,27 @@ fn step_report_has_every_optimizer_and_consistent_ratios() {
         assert!(std::fs::metadata(dir.join(file)).unwrap().len() > 1000, "{file}");
     }
     plot(&back, &dir.join("replot")).unwrap();
+
+    // PyTorch's steps on the same preset (peers/step.py): each of ours set against each of its.
+    let ours = |name: &str| report.timings.iter().find(|t| t.optimizer == name).unwrap().ns_per_param;
+    let peer = serde_json::json!({
+        "machine": { "cpu": report.machine.cpu, "logical_cpus": 2, "vector_isa": report.machine.vector_isa, "torch_threads": 2 },
+        "torch": "2.15.0", "threads": 2, "repetitions": 5, "preset": "cpu-1m", "parameters": report.timings[0].parameters,
+        "timings": [
+            { "optimizer": "adamw (fused)", "median_secs": 1.0, "min_secs": 1.0, "max_secs": 1.0, "ns_per_param": ours("adamw") / 2.0 },
+            { "optimizer": "sophiag (official)", "median_secs": 1.0, "min_secs": 1.0, "max_secs": 1.0, "ns_per_param": 4.0 * ours("sophiag") },
+        ],
+    });
+    std::fs::write(dir.join("peer-pytorch-step.json"), peer.to_string()).unwrap();
+    let page = report::render(&dir, None).unwrap();
+    assert!(page.contains("Against PyTorch 2.15.0 in eager mode on 2 threads") && page.contains("the CPU of the table above"), "{page}");
+    assert!(page.contains(&format!("- ours, adamw: {:.2} ns per parameter, 2.00x PyTorch's adamw (fused), ", ours("adamw"))), "{page}");
+    let sophiag = format!(
+        "- ours, sophiag: {:.2} ns per parameter, {:.2}x PyTorch's adamw (fused), 0.25x PyTorch's sophiag (official).\n",
+        ours("sophiag"),
+        2.0 * ours("sophiag") / ours("adamw")
+    );
+    assert!(page.contains(&sophiag), "{sophiag}: {page}");
+    assert_eq!(page.matches("- ours, ").count(), 4, "AdamW, SophiaG, Lion and Tiger: {page}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
