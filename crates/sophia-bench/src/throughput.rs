@@ -129,21 +129,26 @@ fn median(mut times: Vec<f64>) -> f64 {
 /// (training steps then reached more than 100% of the "peak").
 const PEAK_ROUNDS: usize = 20;
 
-/// Best rate of an `n × n` by `n × n` f32 matrix product on `device` (no autodiff) with the
-/// implementation `kernels` asks for (the one the model's layers use), GFLOP/s.
-pub fn peak_matmul_gflops(device: &Device, n: usize, repetitions: usize, kernels: Kernels) -> f64 {
+/// Best rates of an `n × n` by `n × n` f32 matrix product on `device` (no autodiff) with each of
+/// the implementations `kernels` asks for (the one the model's layers use, the backend's own),
+/// GFLOP/s in the same order. The products alternate between the implementations round by
+/// round, so that a slow spell of a shared machine hits them alike (measured one after the
+/// other, the same kernel came out at 172 and 89 GFLOP/s in one run).
+pub fn peak_matmul_gflops<const K: usize>(device: &Device, n: usize, repetitions: usize, kernels: [Kernels; K]) -> [f64; K] {
     let device = device.clone().inner();
     let a = Tensor::<2>::random([n, n], Distribution::Normal(0.0, 1.0), &device);
     let b = Tensor::<2>::random([n, n], Distribution::Normal(0.0, 1.0), &device);
-    let mut best = f64::INFINITY;
+    let mut best = [f64::INFINITY; K];
     for round in 0..=repetitions {
-        let started = Instant::now();
-        let _ = sophia_gpt2::product::product_with(kernels, a.clone(), b.clone()).narrow(0, 0, 1).narrow(1, 0, 1).into_scalar::<f32>();
-        if round > 0 {
-            best = best.min(started.elapsed().as_secs_f64());
+        for (best, kernels) in best.iter_mut().zip(kernels) {
+            let started = Instant::now();
+            let _ = sophia_gpt2::product::product_with(kernels, a.clone(), b.clone()).narrow(0, 0, 1).narrow(1, 0, 1).into_scalar::<f32>();
+            if round > 0 {
+                *best = best.min(started.elapsed().as_secs_f64());
+            }
         }
     }
-    2.0 * (n as f64).powi(3) / best / 1e9
+    best.map(|secs| 2.0 * (n as f64).powi(3) / secs / 1e9)
 }
 
 /// Measure `presets` at `batch × block` tokens per step.
@@ -164,8 +169,7 @@ pub fn run(
     v.at_least_one("block", block)?;
     let peak_size = 1024;
     let peak_rounds = repetitions.max(PEAK_ROUNDS);
-    let peak = peak_matmul_gflops(device, peak_size, peak_rounds, Kernels::Fused);
-    let backend_peak = peak_matmul_gflops(device, peak_size, peak_rounds, Kernels::Composed);
+    let [peak, backend_peak] = peak_matmul_gflops(device, peak_size, peak_rounds, [Kernels::Fused, Kernels::Composed]);
     progress(&format!("peak matmul ({peak_size}³, f32): {peak:.1} GFLOP/s (the backend's own matmul: {backend_peak:.1})"));
     let mut entries = Vec::new();
     for (&preset, &kernels) in presets.iter().flat_map(|p| kernels.iter().map(move |k| (p, k))) {
