@@ -19,12 +19,11 @@ Run it in the same window as `cargo xtask bench step`, nothing else on the CPU:
 import argparse
 import os
 import statistics
-import time
 
 import torch
 
 from nanogpt_char import GPT, SophiaG
-from throughput import PRESETS, write_record
+from throughput import PRESETS, timed, write_record
 
 # GPT-2's checkpoints on top of the CPU presets: (layers, heads, width, vocabulary).
 SHAPES = {**PRESETS, "gpt2": (12, 12, 768, 50257)}
@@ -59,12 +58,8 @@ def main():
 
     def step(name):
         opt = optimizers[name]
-        started = time.perf_counter()
-        if opt is sophia:
-            opt.step(bs=512)  # the tokens of a step: a factor in the update, not in its time
-        else:
-            opt.step()
-        return time.perf_counter() - started
+        # SophiaG's `bs` (the tokens of a step) is a factor in its update, not in its time.
+        return timed(lambda: opt.step(bs=512) if opt is sophia else opt.step())
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.preset}: {count} parameters", flush=True)
     for name in optimizers:  # warm-up: the state is created on the first step

@@ -12,7 +12,8 @@
 //! Each product is flex's own matmul of the 2-D operands: one call of the `gemm` crate's kernel
 //! on their strides (a transposed weight read in place), threaded over rayon's pool; Burn's
 //! `linear` on flex runs the same crate as a batched matmul of one small `[seq, K]` matrix per
-//! sequence where Burn's layout policy keeps the batch. Every output element is summed in the same order on any number of threads.
+//! sequence where Burn's layout policy keeps the batch. Every output element is summed in the
+//! same order on any number of threads.
 //!
 //! The register tiles of [`gemm`](super::gemm), which these products ran on before (one call
 //! per thread's block of rows), remain the kernel of the attention's and the LM head's
