@@ -68,6 +68,12 @@ impl PeerRun {
     }
 }
 
+/// What to add to a comparison of ours and PyTorch's on `ours` and `peer` parameters: nothing when
+/// the counts agree, else both (a different count means a different model or block size).
+fn parameter_mismatch(peer: usize, ours: usize) -> String {
+    if peer == ours { String::new() } else { format!(" (PyTorch's model has {peer} parameters, ours {ours})") }
+}
+
 /// The figures of `crates/sophia-bench/peers/throughput.py`: the same presets and timings in
 /// eager PyTorch, to set our tokens/s beside PyTorch's on the same CPU.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -243,7 +249,14 @@ pub fn render(results: &Path, notes: Option<&str>) -> Result<String, crate::Benc
             );
             for t in report.timings.iter().filter(|t| t.preset == peer.preset && ["adamw", "sophiag", "lion", "tiger"].contains(&t.optimizer.as_str())) {
                 let ratios: Vec<String> = peer.timings.iter().map(|p| format!("{:.2}x PyTorch's {}", t.ns_per_param / p.ns_per_param, p.optimizer)).collect();
-                let _ = writeln!(out, "- ours, {}: {:.2} ns per parameter, {}.", t.optimizer, t.ns_per_param, ratios.join(", "));
+                let _ = writeln!(
+                    out,
+                    "- ours, {}: {:.2} ns per parameter, {}{}.",
+                    t.optimizer,
+                    t.ns_per_param,
+                    ratios.join(", "),
+                    parameter_mismatch(peer.parameters, t.parameters)
+                );
             }
         }
     }
@@ -384,8 +397,6 @@ pub fn render(results: &Path, notes: Option<&str>) -> Result<String, crate::Benc
             for e in report.entries.iter().filter(|e| e.kernels == sophia_gpt2::Kernels::Fused) {
                 if let Some(p) = peer.entries.iter().find(|p| p.preset == e.preset) {
                     let ratio = e.tokens_per_sec / p.tokens_per_sec;
-                    let shape =
-                        if p.parameters == e.parameters { String::new() } else { format!(" (PyTorch's model has {} parameters, ours {})", p.parameters, e.parameters) };
                     let _ = writeln!(
                         out,
                         "- {}: PyTorch {:.0}, ours {:.0} tokens/s, {:.2}x ({}){}; refresh: the official one on the step's batch {:.2} PyTorch steps, on a quarter of the batch {:.2}, ours {:.2}.",
@@ -394,7 +405,7 @@ pub fn render(results: &Path, notes: Option<&str>) -> Result<String, crate::Benc
                         e.tokens_per_sec,
                         ratio,
                         verdict(ratio >= 1.0),
-                        shape,
+                        parameter_mismatch(p.parameters, e.parameters),
                         p.refresh_to_step,
                         p.quarter_refresh_to_step,
                         e.refresh_to_step

@@ -69,5 +69,15 @@ fn step_report_has_every_optimizer_and_consistent_ratios() {
     );
     assert!(page.contains(&sophiag), "{sophiag}: {page}");
     assert_eq!(page.matches("- ours, ").count(), 4, "AdamW, SophiaG, Lion and Tiger: {page}");
+    assert!(!page.contains("PyTorch's model has"), "the same parameters: {page}");
+
+    // A peer run on another parameter count (`step.py --block-size` other than the preset's) is
+    // named on every line that sets the two side by side.
+    let mut other = peer.clone();
+    other["parameters"] = serde_json::json!(report.timings[0].parameters + 64);
+    std::fs::write(dir.join("peer-pytorch-step.json"), other.to_string()).unwrap();
+    let page = report::render(&dir, None).unwrap();
+    let named = format!(" (PyTorch's model has {} parameters, ours {}).\n", report.timings[0].parameters + 64, report.timings[0].parameters);
+    assert_eq!(page.matches(&named).count(), 4, "{named}: {page}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

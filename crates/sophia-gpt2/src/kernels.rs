@@ -1,5 +1,6 @@
 //! Which implementation of the model's hot operations runs: the fused kernels of the flex CPU
-//! backend, or Burn's composed tensor operations (every backend, and the reference the fused
+//! backend (and, with the `cube` feature, the loss and the label sampling on the CubeCL
+//! backends), or Burn's composed tensor operations (every backend, and the reference the fused
 //! kernels are tested against). The choice covers the matrix products of the linear layers and
 //! the LM head ([`product`](crate::product)), the LayerNorms ([`norm`](crate::norm)), the
 //! causal attention ([`attention`](crate::attention)), the cross-entropy and the sampled labels
@@ -12,15 +13,17 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kernels {
-    /// The fused kernels where the backend has them (flex), the composed operations elsewhere.
+    /// The fused kernels where the backend has them (all of them on flex; the loss and the label
+    /// sampling on the CubeCL backends with the `cube` feature), the composed operations
+    /// elsewhere.
     #[default]
     Fused,
     /// Burn's tensor operations everywhere (the reference the fused kernels are tested against).
     Composed,
 }
 
-/// Whether the fused kernels run on `device` (the flex backend, with this crate's `flex`
-/// feature).
+/// Whether all the fused kernels run on `device` (the flex backend, with this crate's `flex`
+/// feature; the CubeCL backends have fused bodies of the loss and the label sampling only).
 pub fn fused_available(device: &burn::tensor::Device) -> bool {
     #[cfg(feature = "flex")]
     return device.clone().inner() == burn::tensor::Device::flex();

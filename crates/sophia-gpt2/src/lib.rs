@@ -11,8 +11,9 @@
 //!   labels drawn from the model's softmax ([`SampledLabelHessian`] draws them).
 //! - [`Precision`]: bfloat16 matrix products with f32 weights, gradients and optimizer state.
 //! - [`loss`]: the cross-entropy and the sampled labels, and [`activation`]: the GELU, each
-//!   fused into one parallel pass on the flex CPU backend (feature `flex`), Burn's composed
-//!   operations elsewhere ([`Kernels`]); [`norm`]: the LayerNorm, likewise; [`product`]: the
+//!   fused into one parallel pass on the flex CPU backend (feature `flex`), the loss and the
+//!   labels also as CubeCL kernels on the CubeCL backends (feature `cube`: WGPU, CUDA, ...),
+//!   Burn's composed operations elsewhere ([`Kernels`]); [`norm`]: the LayerNorm, likewise; [`product`]: the
 //!   matrix products of the linear layers and the LM head, through the `gemm` crate's kernel
 //!   over rayon's pool on flex.
 //! - [`GenerateOptions`] / [`Gpt2::generate`]: temperature and top-k sampling.
@@ -39,6 +40,8 @@
 pub mod activation;
 pub mod attention;
 pub mod config;
+#[cfg(feature = "cube")]
+mod cube;
 mod error;
 #[cfg(feature = "flex")]
 mod fused;

@@ -17,7 +17,9 @@
 //! - **fused** (the `flex` CPU backend, with this crate's `flex` feature): one row-parallel SIMD
 //!   pass forward (log-sum-exp and the gather) and one backward (`softmax − onehot`), and one
 //!   scan per row for the sampled label, through Burn's backend-extension API with a hand-written
-//!   backward pass. On any other backend the fused choice runs the composed code.
+//!   backward pass; on the CubeCL backends (WGPU, CUDA, ...; the `cube` feature) the same three
+//!   passes as CubeCL kernels, one cube per row (see `cube`). On any other backend the fused
+//!   choice runs the composed code.
 //!
 //! The uniforms of the sampled labels are drawn on the host, one per position, so the same seed
 //! gives the same labels on every backend and both implementations. Both are checked against the
@@ -41,6 +43,13 @@ pub fn cross_entropy_with(kernels: Kernels, logits: Tensor<3>, targets: Tensor<2
     if kernels == Kernels::Fused && crate::fused::applies(&logits) {
         let [batch, seq, vocab] = logits.dims();
         return crate::fused::cross_entropy::cross_entropy(logits.reshape([batch * seq, vocab]), targets.reshape([batch * seq]));
+    }
+    #[cfg(feature = "cube")]
+    if kernels == Kernels::Fused && crate::cube::applies(&logits) {
+        let [batch, seq, vocab] = logits.dims();
+        if let Some(loss) = crate::cube::cross_entropy(&logits.clone().reshape([batch * seq, vocab]), &targets.clone().reshape([batch * seq])) {
+            return loss;
+        }
     }
     let _ = kernels;
     log_softmax(logits, 2).gather(2, targets.unsqueeze_dim::<3>(2)).mean().neg()
@@ -99,6 +108,13 @@ pub fn sample_labels_with(kernels: Kernels, logits: Tensor<3>, uniforms: Tensor<
     if kernels == Kernels::Fused && crate::fused::applies(&logits) {
         let inner = logits.inner().reshape([batch * seq, vocab]);
         return crate::fused::cross_entropy::sample_labels(inner, uniforms.reshape([batch * seq])).reshape([batch, seq]);
+    }
+    #[cfg(feature = "cube")]
+    if kernels == Kernels::Fused
+        && crate::cube::applies(&logits)
+        && let Some(labels) = crate::cube::sample_labels(&logits.clone().inner().reshape([batch * seq, vocab]), &uniforms.clone().reshape([batch * seq]))
+    {
+        return labels.reshape([batch, seq]);
     }
     let _ = kernels;
     // The label is the number of cumulative probabilities at or below the uniform, capped at

@@ -1,0 +1,354 @@
+//! The fused kernels of [`loss`](crate::loss) on Burn's CubeCL backends (WGPU, Vulkan, Metal,
+//! CUDA, ROCm and CubeCL's CPU runtime, one `CubeBackend` for all of them), with this crate's
+//! `cube` feature: CubeCL bodies for the two passes over `[rows × vocab]` f32 logits that Burn's
+//! composed operations take several kernels for, and Burn's fusion would not merge into one (two
+//! row reductions and a gather for the loss; a scan over the vocabulary for the sampled label).
+//!
+//! - cross-entropy forward ([`rows_kernel`], one cube per row): each unit keeps a running
+//!   `(max, Σ exp(x − max))` over its strided part of the row, merged in shared memory
+//!   (`s = s₁·e^{m₁−m} + s₂·e^{m₂−m}`); the row's `lse = m + ln s` and `nll = lse − x_t`; the
+//!   mean over rows is Burn's;
+//! - cross-entropy backward ([`gradient_kernel`], one unit per element):
+//!   `g/N · (exp(x − lse) − [j = t])`;
+//! - sampled label ([`sample_kernel`], one cube per row): the same `(max, sum)`, then each unit
+//!   sums `exp(x − max)` over its contiguous part of the row, one unit turns those sums into
+//!   offsets, and the unit whose part crosses `u·sum` scans it for the first index whose
+//!   cumulative sum exceeds it (the last index if rounding leaves none, as on the CPU).
+//!
+//! Autodiff goes through a hand-written backward node that keeps the logits, the targets and the
+//! per-row log-sum-exp, so the backward pass is one kernel. Everything else in the model runs
+//! Burn's operations on these backends; element-wise chains (the GELU, the optimizer updates) are
+//! what Burn's `fusion` feature merges, and this crate leaves them to it.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::cubecl::dtype_to_storage_type;
+use burn::backend::ops::FloatTensorOps;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, DispatchDevice, TensorMetadata};
+use burn::tensor::{DType, Int, Shape, Tensor};
+use burn_cubecl::CubeBackend;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::{CubeCount, CubeDim, calculate_cube_count_elemwise};
+
+use kernels::{gradient_kernel, rows_kernel, sample_kernel};
+
+/// Autodiff over the CubeCL backends without gradient checkpointing; tensors of another strategy
+/// take the composed path.
+type AutodiffCube = Autodiff<CubeBackend, NoCheckpointing>;
+
+/// Units per cube of the row kernels: a power of two (the shared-memory reductions halve it).
+const ROW_UNITS: u32 = 256;
+
+/// Whether these kernels may serve `tensor`: f32 on a CubeCL device. Whether they do is decided
+/// by the tensors' types (see [`cross_entropy`]).
+pub(crate) fn applies<const D: usize>(tensor: &Tensor<D>) -> bool {
+    tensor.dtype() == DType::F32 && matches!(tensor.device().inner().as_dispatch(), DispatchDevice::Cube(_))
+}
+
+/// Mean cross-entropy of `logits` `[rows, vocab]` against `targets` `[rows]`, or `None` where
+/// the tensors are not the unfused backend's (Burn built with its `fusion` feature) or autodiff
+/// checkpoints gradients: the caller runs the composed operations then.
+pub(crate) fn cross_entropy(logits: &Tensor<2>, targets: &Tensor<1, Int>) -> Option<Tensor<1>> {
+    let targets = targets.clone().inner().try_into_primitive::<CubeBackend>().ok()?;
+    match logits.clone().try_into_primitive::<AutodiffCube>() {
+        Ok(tracked) => Some(Tensor::from_primitive::<AutodiffCube>(differentiable_cross_entropy(tracked, targets))),
+        Err(_) => logits.clone().try_into_primitive::<CubeBackend>().ok().map(|plain| Tensor::from_primitive::<CubeBackend>(forward(plain, targets).0)),
+    }
+}
+
+/// Labels `[rows]` drawn from `softmax(logits)` (`[rows, vocab]`, no autodiff) with `uniforms`
+/// `[rows]`, in the device's integer type; `None` as for [`cross_entropy`].
+pub(crate) fn sample_labels(logits: &Tensor<2>, uniforms: &Tensor<1>) -> Option<Tensor<1, Int>> {
+    let int_dtype = logits.device().settings().int_dtype;
+    let logits = into_contiguous(logits.clone().try_into_primitive::<CubeBackend>().ok()?);
+    let uniforms = into_contiguous(uniforms.clone().try_into_primitive::<CubeBackend>().ok()?);
+    let [rows, vocab] = logits.shape().dims::<2>();
+    let labels = empty_device_dtype(logits.client.clone(), logits.device.clone(), Shape::new([rows]), int_dtype.into());
+    let (cubes, cube_dim, units) = row_launch(&logits);
+    let storage = [dtype_to_storage_type(logits.dtype), dtype_to_storage_type(labels.dtype)];
+    sample_kernel::launch(
+        &logits.client.clone(),
+        cubes,
+        cube_dim,
+        logits.into_tensor_arg(),
+        uniforms.into_tensor_arg(),
+        labels.clone().into_tensor_arg(),
+        rows,
+        vocab,
+        units,
+        storage,
+    );
+    Some(Tensor::from_primitive::<CubeBackend>(labels))
+}
+
+/// The cross-entropy as an autodiff operation whose backward pass is [`backward`].
+fn differentiable_cross_entropy(logits: FloatTensor<AutodiffCube>, targets: CubeTensor) -> FloatTensor<AutodiffCube> {
+    #[derive(Debug)]
+    struct CrossEntropyBackward;
+
+    impl Backward<CubeBackend, 1> for CrossEntropyBackward {
+        /// The logits, the targets and the per-row log-sum-exp.
+        type State = (CubeTensor, CubeTensor, CubeTensor);
+
+        fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let (logits, targets, lse) = ops.state;
+            let grad = grads.consume::<CubeBackend>(&ops.node);
+            if let [Some(parent)] = &ops.parents {
+                grads.register::<CubeBackend>(parent.id, backward(logits, targets, lse, grad));
+            }
+        }
+    }
+
+    match CrossEntropyBackward.prepare::<NoCheckpointing>([logits.node()]).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => {
+            let x = into_contiguous(logits.into_primitive());
+            let targets = into_contiguous(targets);
+            let (loss, lse) = forward(x.clone(), targets.clone());
+            prep.finish((x, targets, lse), loss)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(forward(logits.into_primitive(), targets).0),
+    }
+}
+
+/// `(mean loss [1], lse [rows])`.
+fn forward(logits: CubeTensor, targets: CubeTensor) -> (CubeTensor, CubeTensor) {
+    let (logits, targets) = (into_contiguous(logits), into_contiguous(targets));
+    let [rows, vocab] = logits.shape().dims::<2>();
+    let new_rows = || empty_device_dtype(logits.client.clone(), logits.device.clone(), Shape::new([rows]), logits.dtype);
+    let (nll, lse) = (new_rows(), new_rows());
+    let (cubes, cube_dim, units) = row_launch(&logits);
+    let storage = [dtype_to_storage_type(logits.dtype), dtype_to_storage_type(targets.dtype)];
+    rows_kernel::launch(
+        &logits.client.clone(),
+        cubes,
+        cube_dim,
+        logits.into_tensor_arg(),
+        targets.into_tensor_arg(),
+        nll.clone().into_tensor_arg(),
+        lse.clone().into_tensor_arg(),
+        rows,
+        vocab,
+        units,
+        storage,
+    );
+    (CubeBackend::float_mean(nll), lse)
+}
+
+/// `∂loss/∂logits = grad/N · (softmax − onehot)`.
+fn backward(logits: CubeTensor, targets: CubeTensor, lse: CubeTensor, grad: CubeTensor) -> CubeTensor {
+    let [rows, vocab] = logits.shape().dims::<2>();
+    let out = empty_device_dtype(logits.client.clone(), logits.device.clone(), logits.shape(), logits.dtype);
+    let elements = rows * vocab;
+    let cube_dim = CubeDim::new(&logits.client, elements);
+    let storage = [dtype_to_storage_type(logits.dtype), dtype_to_storage_type(targets.dtype)];
+    gradient_kernel::launch(
+        &logits.client.clone(),
+        calculate_cube_count_elemwise(&logits.client, elements, cube_dim),
+        cube_dim,
+        logits.into_tensor_arg(),
+        targets.into_tensor_arg(),
+        lse.into_tensor_arg(),
+        into_contiguous(grad).into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        rows,
+        vocab,
+        storage,
+    );
+    out
+}
+
+/// How a row kernel on `logits` `[rows, vocab]` is launched: one cube per row, on a grid that
+/// stays inside the devices' 65535 cubes per axis, of [`ROW_UNITS`] units (or the largest power
+/// of two the device allows below it); `(cubes, cube dimension, units)`.
+fn row_launch(logits: &CubeTensor) -> (CubeCount, CubeDim, usize) {
+    const PER_AXIS: usize = 65_535;
+    let [rows, _] = logits.shape().dims::<2>();
+    let max = logits.client.properties().hardware.max_cube_dim.0.max(1);
+    let mut units = ROW_UNITS;
+    while units > max {
+        units /= 2;
+    }
+    let cubes = CubeCount::Static(rows.clamp(1, PER_AXIS) as u32, rows.div_ceil(PER_AXIS).max(1) as u32, 1);
+    (cubes, CubeDim::new_1d(units), units as usize)
+}
+
+/// The CubeCL kernels, in CubeCL's own `Tensor` and scalar types.
+mod kernels {
+    use cubecl::prelude::*;
+
+    /// This cube's row (`rows` or more: nothing to do).
+    #[cube]
+    fn cube_row() -> usize {
+        CUBE_POS_X as usize + CUBE_POS_Y as usize * CUBE_COUNT_X as usize
+    }
+
+    /// The row's `(max, Σ exp(x − max))` over all units of the cube (the same in every unit): each
+    /// unit's running pair over the elements `unit, unit + units, ...`, merged pairwise in shared
+    /// memory. The starting maximum is the lowest finite float, not `−∞` (WGSL has no infinite
+    /// literal); its weight `exp(lowest − m)` is zero once a real value is seen.
+    #[cube]
+    fn row_max_and_sum<F: Float>(logits: &Tensor<F>, start: usize, vocab: usize, #[comptime] units: usize) -> (F, F) {
+        let unit = UNIT_POS_X as usize;
+        let mut max = F::min_value();
+        let mut sum = F::new(0.0);
+        let mut j = unit;
+        while j < vocab {
+            let v = logits[start + j];
+            if v > max {
+                sum = sum * (max - v).exp() + F::new(1.0);
+                max = v;
+            } else {
+                sum += (v - max).exp();
+            }
+            j += units;
+        }
+        let mut maxima = Shared::new_slice(units);
+        let mut sums = Shared::new_slice(units);
+        maxima[unit] = max;
+        sums[unit] = sum;
+        sync_cube();
+        let mut half = CUBE_DIM_X as usize / 2;
+        while half > 0 {
+            if unit < half {
+                let m1 = maxima[unit];
+                let s1 = sums[unit];
+                let m2 = maxima[unit + half];
+                let s2 = sums[unit + half];
+                let m = F::max(m1, m2);
+                maxima[unit] = m;
+                sums[unit] = s1 * (m1 - m).exp() + s2 * (m2 - m).exp();
+            }
+            sync_cube();
+            half /= 2;
+        }
+        (maxima[0], sums[0])
+    }
+
+    /// Per row: `nll = lse − x_t` and `lse = max + ln Σ exp(x − max)`.
+    #[cube(launch)]
+    pub(super) fn rows_kernel<F: Float, I: Numeric>(
+        logits: &Tensor<F>,
+        targets: &Tensor<I>,
+        nll: &mut Tensor<F>,
+        lse: &mut Tensor<F>,
+        rows: usize,
+        vocab: usize,
+        #[comptime] units: usize,
+        #[define(F, I)] _dtypes: [ElemType; 2],
+    ) {
+        let row = cube_row();
+        if row >= rows {
+            terminate!();
+        }
+        let start = row * vocab;
+        let (max, sum) = row_max_and_sum::<F>(logits, start, vocab, units);
+        if UNIT_POS_X == 0 {
+            let row_lse = max + sum.ln();
+            lse[row] = row_lse;
+            nll[row] = row_lse - logits[start + u32::cast_from(targets[row]) as usize];
+        }
+    }
+
+    /// Per element: `grad/rows · (exp(x − lse_row) − [j = t_row])`.
+    #[cube(launch)]
+    pub(super) fn gradient_kernel<F: Float, I: Numeric>(
+        logits: &Tensor<F>,
+        targets: &Tensor<I>,
+        lse: &Tensor<F>,
+        grad: &Tensor<F>,
+        out: &mut Tensor<F>,
+        rows: usize,
+        vocab: usize,
+        #[define(F, I)] _dtypes: [ElemType; 2],
+    ) {
+        let pos = ABSOLUTE_POS;
+        if pos >= rows * vocab {
+            terminate!();
+        }
+        let row = pos / vocab;
+        let scale = grad[0] / F::cast_from(rows);
+        let mut value = scale * (logits[pos] - lse[row]).exp();
+        if pos - row * vocab == u32::cast_from(targets[row]) as usize {
+            value -= scale;
+        }
+        out[pos] = value;
+    }
+
+    /// Per row: the first index whose cumulative `exp(x − max)` exceeds `u·Σ exp(x − max)`, or the
+    /// last index when rounding leaves none.
+    #[cube(launch)]
+    pub(super) fn sample_kernel<F: Float, I: Numeric>(
+        logits: &Tensor<F>,
+        uniforms: &Tensor<F>,
+        labels: &mut Tensor<I>,
+        rows: usize,
+        vocab: usize,
+        #[comptime] units: usize,
+        #[define(F, I)] _dtypes: [ElemType; 2],
+    ) {
+        let row = cube_row();
+        if row >= rows {
+            terminate!();
+        }
+        let unit = UNIT_POS_X as usize;
+        let start = row * vocab;
+        let (max, sum) = row_max_and_sum::<F>(logits, start, vocab, units);
+        let target = uniforms[row] * sum;
+
+        // This unit's contiguous part of the row and its sum.
+        let part = vocab.div_ceil(units);
+        let begin = usize::min(unit * part, vocab);
+        let end = usize::min(begin + part, vocab);
+        let mut part_sum = F::new(0.0);
+        for j in begin..end {
+            part_sum += (logits[start + j] - max).exp();
+        }
+        // The parts' offsets: an exclusive prefix sum, by one unit (`units` additions).
+        let mut offsets = Shared::new_slice(units);
+        offsets[unit] = part_sum;
+        sync_cube();
+        if unit == 0 {
+            let mut acc = F::new(0.0);
+            for k in 0..CUBE_DIM_X as usize {
+                let s = offsets[k];
+                offsets[k] = acc;
+                acc += s;
+            }
+        }
+        sync_cube();
+
+        // The unit whose part crosses the target finds the index; the smallest found wins.
+        let mut found = Shared::new_slice(units);
+        let mut first = vocab as u32;
+        let mut acc = offsets[unit];
+        if acc + part_sum > target {
+            let mut j = begin;
+            while j < end {
+                acc += (logits[start + j] - max).exp();
+                if acc > target {
+                    first = j as u32;
+                    j = end;
+                }
+                j += 1;
+            }
+        }
+        found[unit] = first;
+        sync_cube();
+        let mut half = CUBE_DIM_X as usize / 2;
+        while half > 0 {
+            if unit < half {
+                found[unit] = u32::min(found[unit], found[unit + half]);
+            }
+            sync_cube();
+            half /= 2;
+        }
+        if unit == 0 {
+            labels[row] = I::cast_from(u32::min(found[0], (vocab - 1) as u32));
+        }
+    }
+}
