@@ -41,6 +41,12 @@ use kernels::{gradient_kernel, rows_kernel, sample_kernel};
 /// take the composed path.
 type AutodiffCube = Autodiff<CubeBackend, NoCheckpointing>;
 
+// These kernels take the unfused backend's tensors: Burn's CubeCL backend must be built without
+// its `fusion` feature (a default feature of `burn-wgpu`, `burn-cuda`, ...; this workspace's GPU
+// features leave it off). With it, this line fails to compile ("expected `CubeBackend`, found
+// `Fusion<CubeBackend>`"): build Burn with `default-features = false`, or leave `cube` off.
+const _: fn(burn_cubecl::Cube) -> CubeBackend = |backend| backend;
+
 /// Units per cube of the row kernels: a power of two (the shared-memory reductions halve it).
 const ROW_UNITS: u32 = 256;
 
@@ -51,8 +57,8 @@ pub(crate) fn applies<const D: usize>(tensor: &Tensor<D>) -> bool {
 }
 
 /// Mean cross-entropy of `logits` `[rows, vocab]` against `targets` `[rows]`, or `None` where
-/// the tensors are not the unfused backend's (Burn built with its `fusion` feature) or autodiff
-/// checkpoints gradients: the caller runs the composed operations then.
+/// autodiff checkpoints gradients or the two live on different backends: the caller runs the
+/// composed operations then.
 pub(crate) fn cross_entropy(logits: &Tensor<2>, targets: &Tensor<1, Int>) -> Option<Tensor<1>> {
     let targets = targets.clone().inner().try_into_primitive::<CubeBackend>().ok()?;
     match logits.clone().try_into_primitive::<AutodiffCube>() {
