@@ -60,10 +60,10 @@ pub(crate) fn applies<const D: usize>(tensor: &Tensor<D>) -> bool {
 /// autodiff checkpoints gradients or the two live on different backends: the caller runs the
 /// composed operations then.
 pub(crate) fn cross_entropy(logits: &Tensor<2>, targets: &Tensor<1, Int>) -> Option<Tensor<1>> {
-    let targets = targets.clone().inner().try_into_primitive::<CubeBackend>().ok()?;
+    let targets = into_contiguous(targets.clone().inner().try_into_primitive::<CubeBackend>().ok()?);
     match logits.clone().try_into_primitive::<AutodiffCube>() {
         Ok(tracked) => Some(Tensor::from_primitive::<AutodiffCube>(differentiable_cross_entropy(tracked, targets))),
-        Err(_) => logits.clone().try_into_primitive::<CubeBackend>().ok().map(|plain| Tensor::from_primitive::<CubeBackend>(forward(plain, targets).0)),
+        Err(_) => logits.clone().try_into_primitive::<CubeBackend>().ok().map(|plain| Tensor::from_primitive::<CubeBackend>(forward(into_contiguous(plain), targets).0)),
     }
 }
 
@@ -92,7 +92,8 @@ pub(crate) fn sample_labels(logits: &Tensor<2>, uniforms: &Tensor<1>) -> Option<
     Some(Tensor::from_primitive::<CubeBackend>(labels))
 }
 
-/// The cross-entropy as an autodiff operation whose backward pass is [`backward`].
+/// The cross-entropy as an autodiff operation whose backward pass is [`backward`] (`targets`
+/// contiguous).
 fn differentiable_cross_entropy(logits: FloatTensor<AutodiffCube>, targets: CubeTensor) -> FloatTensor<AutodiffCube> {
     #[derive(Debug)]
     struct CrossEntropyBackward;
@@ -113,17 +114,15 @@ fn differentiable_cross_entropy(logits: FloatTensor<AutodiffCube>, targets: Cube
     match CrossEntropyBackward.prepare::<NoCheckpointing>([logits.node()]).compute_bound().stateful() {
         OpsKind::Tracked(prep) => {
             let x = into_contiguous(logits.into_primitive());
-            let targets = into_contiguous(targets);
             let (loss, lse) = forward(x.clone(), targets.clone());
             prep.finish((x, targets, lse), loss)
         }
-        OpsKind::UnTracked(prep) => prep.finish(forward(logits.into_primitive(), targets).0),
+        OpsKind::UnTracked(prep) => prep.finish(forward(into_contiguous(logits.into_primitive()), targets).0),
     }
 }
 
-/// `(mean loss [1], lse [rows])`.
+/// `(mean loss [1], lse [rows])` of contiguous `logits` and `targets`.
 fn forward(logits: CubeTensor, targets: CubeTensor) -> (CubeTensor, CubeTensor) {
-    let (logits, targets) = (into_contiguous(logits), into_contiguous(targets));
     let [rows, vocab] = logits.shape().dims::<2>();
     let new_rows = || empty_device_dtype(logits.client.clone(), logits.device.clone(), Shape::new([rows]), logits.dtype);
     let (nll, lse) = (new_rows(), new_rows());
