@@ -9,25 +9,30 @@
 //!   (`s = s₁·e^{m₁−m} + s₂·e^{m₂−m}`); the row's `lse = m + ln s` and `nll = lse − x_t`; the
 //!   mean over rows is Burn's;
 //! - cross-entropy backward ([`gradient_kernel`], one unit per element):
-//!   `g/N · (exp(x − lse) − [j = t])`;
+//!   `g_row · (exp(x − lse) − [j = t])`, with `g_row = g/N` from the mean's backward pass;
 //! - sampled label ([`sample_kernel`], one cube per row): the same `(max, sum)`, then each unit
 //!   sums `exp(x − max)` over its contiguous part of the row, one unit turns those sums into
 //!   offsets, and the unit whose part crosses `u·sum` scans it for the first index whose
 //!   cumulative sum exceeds it (the last index if rounding leaves none, as on the CPU).
 //!
-//! Autodiff goes through a hand-written backward node that keeps the logits, the targets and the
-//! per-row log-sum-exp, so the backward pass is one kernel. Everything else in the model runs
-//! Burn's operations on these backends; element-wise chains (the GELU, the optimizer updates) are
-//! what Burn's `fusion` feature merges, and this crate leaves them to it.
+//! The three kernels are the methods of [`LossKernels`], a Burn backend extension
+//! (`#[backend_extension]`) implemented for `CubeBackend`: the macro routes a `Dispatch` tensor to
+//! it, generates the `Fusion<CubeBackend>` implementation (each kernel a deferred operation in
+//! Burn's fusion stream, its output shapes known when it is registered), and routes autodiff
+//! tensors to the implementation for `Autodiff<B, C>` below, a hand-written backward node that
+//! keeps the logits, the targets and the per-row log-sum-exp, so the backward pass is one kernel
+//! under any checkpointing strategy. Everything else in the model runs Burn's operations on these
+//! backends; its element-wise chains (the GELU, the optimizer updates) are what Burn's fusion
+//! merges.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::cubecl::dtype_to_storage_type;
-use burn::backend::ops::FloatTensorOps;
-use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, DispatchDevice, TensorMetadata};
+use burn::backend::fusion::custom::TensorSpec;
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::{Autodiff, AutodiffBackend, Backend, Dispatch, DispatchDevice, TensorMetadata, backend_extension};
 use burn::tensor::{DType, Int, Shape, Tensor};
 use burn_cubecl::CubeBackend;
 use burn_cubecl::kernel::into_contiguous;
@@ -37,134 +42,167 @@ use cubecl::{CubeCount, CubeDim, calculate_cube_count_elemwise};
 
 use kernels::{gradient_kernel, rows_kernel, sample_kernel};
 
-/// Autodiff over the CubeCL backends without gradient checkpointing; tensors of another strategy
-/// take the composed path.
-type AutodiffCube = Autodiff<CubeBackend, NoCheckpointing>;
-
-// These kernels take the unfused backend's tensors: Burn's CubeCL backend must be built without
-// its `fusion` feature (a default feature of `burn-wgpu`, `burn-cuda`, ...; this workspace's GPU
-// features leave it off). With it, this line fails to compile ("expected `CubeBackend`, found
-// `Fusion<CubeBackend>`"): build Burn with `default-features = false`, or leave `cube` off.
-const _: fn(burn_cubecl::Cube) -> CubeBackend = |backend| backend;
-
 /// Units per cube of the row kernels: a power of two (the shared-memory reductions halve it).
 const ROW_UNITS: u32 = 256;
 
-/// Whether these kernels may serve `tensor`: f32 on a CubeCL device. Whether they do is decided
-/// by the tensors' types (see [`cross_entropy`]).
+/// Whether these kernels serve `tensor`: f32 on a CubeCL device.
 pub(crate) fn applies<const D: usize>(tensor: &Tensor<D>) -> bool {
     tensor.dtype() == DType::F32 && matches!(tensor.device().inner().as_dispatch(), DispatchDevice::Cube(_))
 }
 
-/// Mean cross-entropy of `logits` `[rows, vocab]` against `targets` `[rows]`, or `None` where
-/// autodiff checkpoints gradients or the two live on different backends: the caller runs the
-/// composed operations then.
-pub(crate) fn cross_entropy(logits: &Tensor<2>, targets: &Tensor<1, Int>) -> Option<Tensor<1>> {
-    let targets = into_contiguous(targets.clone().inner().try_into_primitive::<CubeBackend>().ok()?);
-    match logits.clone().try_into_primitive::<AutodiffCube>() {
-        Ok(tracked) => Some(Tensor::from_primitive::<AutodiffCube>(differentiable_cross_entropy(tracked, targets))),
-        Err(_) => logits.clone().try_into_primitive::<CubeBackend>().ok().map(|plain| Tensor::from_primitive::<CubeBackend>(forward(into_contiguous(plain), targets).0)),
-    }
+/// Mean cross-entropy of `logits` `[rows, vocab]` against `targets` `[rows]` (the caller checks
+/// [`applies`]).
+pub(crate) fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
+    let (nll, _lse) = <Dispatch as LossKernels>::cross_entropy_rows(logits.into_dispatch(), targets.into_dispatch());
+    Tensor::<1>::from_dispatch(nll).mean()
 }
 
 /// Labels `[rows]` drawn from `softmax(logits)` (`[rows, vocab]`, no autodiff) with `uniforms`
-/// `[rows]`, in the device's integer type; `None` as for [`cross_entropy`].
-pub(crate) fn sample_labels(logits: &Tensor<2>, uniforms: &Tensor<1>) -> Option<Tensor<1, Int>> {
-    let int_dtype = logits.device().settings().int_dtype;
-    let logits = into_contiguous(logits.clone().try_into_primitive::<CubeBackend>().ok()?);
-    let uniforms = into_contiguous(uniforms.clone().try_into_primitive::<CubeBackend>().ok()?);
-    let [rows, vocab] = logits.shape().dims::<2>();
-    let labels = empty_device_dtype(logits.client.clone(), logits.device.clone(), Shape::new([rows]), int_dtype.into());
-    let (cubes, cube_dim, units) = row_launch(&logits);
-    let storage = [dtype_to_storage_type(logits.dtype), dtype_to_storage_type(labels.dtype)];
-    sample_kernel::launch(
-        &logits.client.clone(),
-        cubes,
-        cube_dim,
-        logits.into_tensor_arg(),
-        uniforms.into_tensor_arg(),
-        labels.clone().into_tensor_arg(),
-        rows,
-        vocab,
-        units,
-        storage,
-    );
-    Some(Tensor::from_primitive::<CubeBackend>(labels))
+/// `[rows]`, in the device's integer type (the caller checks [`applies`]).
+pub(crate) fn sample_labels(logits: Tensor<2>, uniforms: Tensor<1>) -> Tensor<1, Int> {
+    let int_dtype: DType = logits.device().settings().int_dtype.into();
+    Tensor::from_dispatch(<Dispatch as LossKernels>::sample_labels(logits.into_dispatch(), uniforms.into_dispatch(), int_dtype))
 }
 
-/// The cross-entropy as an autodiff operation whose backward pass is [`backward`] (`targets`
-/// contiguous).
-fn differentiable_cross_entropy(logits: FloatTensor<AutodiffCube>, targets: CubeTensor) -> FloatTensor<AutodiffCube> {
-    #[derive(Debug)]
-    struct CrossEntropyBackward;
+/// The passes over `[rows × vocab]` logits that the loss and the refresh's labels take, as one
+/// Burn backend extension: CubeCL kernels on `CubeBackend`, deferred operations on its `Fusion`,
+/// and a hand-written backward pass under `Autodiff`.
+#[backend_extension(Cube, Fusion, Autodiff)]
+pub(crate) trait LossKernels: Backend {
+    /// Per row of `logits` `[rows, vocab]` and its target: `(nll, lse)`, both `[rows]`, with
+    /// `lse = log Σ_j exp(x_j)` and `nll = lse − x_t`.
+    #[fusion(meta = row_specs)]
+    fn cross_entropy_rows(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>);
 
-    impl Backward<CubeBackend, 1> for CrossEntropyBackward {
-        /// The logits, the targets and the per-row log-sum-exp.
-        type State = (CubeTensor, CubeTensor, CubeTensor);
+    /// `∂/∂x` of `Σ_rows grad_row · nll_row`: `grad_row · (exp(x − lse_row) − [j = t_row])`,
+    /// `[rows, vocab]`.
+    #[fusion(dtype = logits, shape = logits)]
+    fn cross_entropy_rows_backward(logits: FloatTensor<Self>, targets: IntTensor<Self>, lse: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
 
-        fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-            let (logits, targets, lse) = ops.state;
-            let grad = grads.consume::<CubeBackend>(&ops.node);
-            if let [Some(parent)] = &ops.parents {
-                grads.register::<CubeBackend>(parent.id, backward(logits, targets, lse, grad));
+    /// Per row of `logits` `[rows, vocab]`: the first index whose cumulative softmax exceeds the
+    /// row's uniform (the last index when rounding leaves none), as `int_dtype` `[rows]`.
+    #[fusion(meta = |logits, _uniforms, int_dtype| TensorSpec::new(Shape::new([logits.shape[0]]), *int_dtype))]
+    fn sample_labels(logits: FloatTensor<Self>, uniforms: FloatTensor<Self>, int_dtype: DType) -> IntTensor<Self>;
+}
+
+/// The shapes of [`LossKernels::cross_entropy_rows`]' outputs: two `[rows]` tensors of the logits'
+/// type.
+fn row_specs(logits: &TensorSpec, _targets: &TensorSpec) -> (TensorSpec, TensorSpec) {
+    let rows = TensorSpec::new(Shape::new([logits.shape[0]]), logits.dtype);
+    (rows.clone(), rows)
+}
+
+impl LossKernels for CubeBackend {
+    fn cross_entropy_rows(logits: CubeTensor, targets: CubeTensor) -> (CubeTensor, CubeTensor) {
+        let (logits, targets) = (into_contiguous(logits), into_contiguous(targets));
+        let [rows, vocab] = logits.shape().dims::<2>();
+        let new_rows = || empty_device_dtype(logits.client.clone(), logits.device.clone(), Shape::new([rows]), logits.dtype);
+        let (nll, lse) = (new_rows(), new_rows());
+        let (cubes, cube_dim, units) = row_launch(&logits);
+        let storage = [dtype_to_storage_type(logits.dtype), dtype_to_storage_type(targets.dtype)];
+        rows_kernel::launch(
+            &logits.client.clone(),
+            cubes,
+            cube_dim,
+            logits.into_tensor_arg(),
+            targets.into_tensor_arg(),
+            nll.clone().into_tensor_arg(),
+            lse.clone().into_tensor_arg(),
+            rows,
+            vocab,
+            units,
+            storage,
+        );
+        (nll, lse)
+    }
+
+    fn cross_entropy_rows_backward(logits: CubeTensor, targets: CubeTensor, lse: CubeTensor, grad: CubeTensor) -> CubeTensor {
+        let (logits, targets) = (into_contiguous(logits), into_contiguous(targets));
+        let [rows, vocab] = logits.shape().dims::<2>();
+        let out = empty_device_dtype(logits.client.clone(), logits.device.clone(), logits.shape(), logits.dtype);
+        let elements = rows * vocab;
+        let cube_dim = CubeDim::new(&logits.client, elements);
+        let storage = [dtype_to_storage_type(logits.dtype), dtype_to_storage_type(targets.dtype)];
+        gradient_kernel::launch(
+            &logits.client.clone(),
+            calculate_cube_count_elemwise(&logits.client, elements, cube_dim),
+            cube_dim,
+            logits.into_tensor_arg(),
+            targets.into_tensor_arg(),
+            into_contiguous(lse).into_tensor_arg(),
+            into_contiguous(grad).into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            rows,
+            vocab,
+            storage,
+        );
+        out
+    }
+
+    fn sample_labels(logits: CubeTensor, uniforms: CubeTensor, int_dtype: DType) -> CubeTensor {
+        let (logits, uniforms) = (into_contiguous(logits), into_contiguous(uniforms));
+        let [rows, vocab] = logits.shape().dims::<2>();
+        let labels = empty_device_dtype(logits.client.clone(), logits.device.clone(), Shape::new([rows]), int_dtype);
+        let (cubes, cube_dim, units) = row_launch(&logits);
+        let storage = [dtype_to_storage_type(logits.dtype), dtype_to_storage_type(labels.dtype)];
+        sample_kernel::launch(
+            &logits.client.clone(),
+            cubes,
+            cube_dim,
+            logits.into_tensor_arg(),
+            uniforms.into_tensor_arg(),
+            labels.clone().into_tensor_arg(),
+            rows,
+            vocab,
+            units,
+            storage,
+        );
+        labels
+    }
+}
+
+/// Under autodiff the per-row losses are one tracked operation whose backward pass is
+/// [`LossKernels::cross_entropy_rows_backward`]; `lse`, the gradient itself and the labels are
+/// constants.
+impl<B: LossKernels, C: CheckpointStrategy> LossKernels for Autodiff<B, C> {
+    fn cross_entropy_rows(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        #[derive(Debug)]
+        struct RowsBackward;
+
+        impl<B: LossKernels> Backward<B, 1> for RowsBackward {
+            /// The logits, the targets and the per-row log-sum-exp.
+            type State = (FloatTensor<B>, IntTensor<B>, FloatTensor<B>);
+
+            fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let (logits, targets, lse) = ops.state;
+                let grad = grads.consume::<B>(&ops.node);
+                if let [Some(parent)] = &ops.parents {
+                    grads.register::<B>(parent.id, B::cross_entropy_rows_backward(logits, targets, lse, grad));
+                }
+            }
+        }
+
+        let prepared = RowsBackward.prepare::<C>([logits.node()]).compute_bound().stateful();
+        let x = logits.into_primitive();
+        match prepared {
+            OpsKind::Tracked(prep) => {
+                let (nll, lse) = B::cross_entropy_rows(x.clone(), targets.clone());
+                (prep.finish((x, targets, lse.clone()), nll), Self::from_inner(lse))
+            }
+            OpsKind::UnTracked(prep) => {
+                let (nll, lse) = B::cross_entropy_rows(x, targets);
+                (prep.finish(nll), Self::from_inner(lse))
             }
         }
     }
 
-    match CrossEntropyBackward.prepare::<NoCheckpointing>([logits.node()]).compute_bound().stateful() {
-        OpsKind::Tracked(prep) => {
-            let x = into_contiguous(logits.into_primitive());
-            let (loss, lse) = forward(x.clone(), targets.clone());
-            prep.finish((x, targets, lse), loss)
-        }
-        OpsKind::UnTracked(prep) => prep.finish(forward(into_contiguous(logits.into_primitive()), targets).0),
+    fn cross_entropy_rows_backward(logits: FloatTensor<Self>, targets: IntTensor<Self>, lse: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::from_inner(B::cross_entropy_rows_backward(Self::inner(logits), targets, Self::inner(lse), Self::inner(grad)))
     }
-}
 
-/// `(mean loss [1], lse [rows])` of contiguous `logits` and `targets`.
-fn forward(logits: CubeTensor, targets: CubeTensor) -> (CubeTensor, CubeTensor) {
-    let [rows, vocab] = logits.shape().dims::<2>();
-    let new_rows = || empty_device_dtype(logits.client.clone(), logits.device.clone(), Shape::new([rows]), logits.dtype);
-    let (nll, lse) = (new_rows(), new_rows());
-    let (cubes, cube_dim, units) = row_launch(&logits);
-    let storage = [dtype_to_storage_type(logits.dtype), dtype_to_storage_type(targets.dtype)];
-    rows_kernel::launch(
-        &logits.client.clone(),
-        cubes,
-        cube_dim,
-        logits.into_tensor_arg(),
-        targets.into_tensor_arg(),
-        nll.clone().into_tensor_arg(),
-        lse.clone().into_tensor_arg(),
-        rows,
-        vocab,
-        units,
-        storage,
-    );
-    (CubeBackend::float_mean(nll), lse)
-}
-
-/// `∂loss/∂logits = grad/N · (softmax − onehot)`.
-fn backward(logits: CubeTensor, targets: CubeTensor, lse: CubeTensor, grad: CubeTensor) -> CubeTensor {
-    let [rows, vocab] = logits.shape().dims::<2>();
-    let out = empty_device_dtype(logits.client.clone(), logits.device.clone(), logits.shape(), logits.dtype);
-    let elements = rows * vocab;
-    let cube_dim = CubeDim::new(&logits.client, elements);
-    let storage = [dtype_to_storage_type(logits.dtype), dtype_to_storage_type(targets.dtype)];
-    gradient_kernel::launch(
-        &logits.client.clone(),
-        calculate_cube_count_elemwise(&logits.client, elements, cube_dim),
-        cube_dim,
-        logits.into_tensor_arg(),
-        targets.into_tensor_arg(),
-        lse.into_tensor_arg(),
-        into_contiguous(grad).into_tensor_arg(),
-        out.clone().into_tensor_arg(),
-        rows,
-        vocab,
-        storage,
-    );
-    out
+    fn sample_labels(logits: FloatTensor<Self>, uniforms: FloatTensor<Self>, int_dtype: DType) -> IntTensor<Self> {
+        B::sample_labels(Self::inner(logits), Self::inner(uniforms), int_dtype)
+    }
 }
 
 /// How a row kernel on `logits` `[rows, vocab]` is launched: one cube per row, on a grid that
@@ -259,7 +297,7 @@ mod kernels {
         }
     }
 
-    /// Per element: `grad/rows · (exp(x − lse_row) − [j = t_row])`.
+    /// Per element: `grad_row · (exp(x − lse_row) − [j = t_row])`.
     #[cube(launch)]
     pub(super) fn gradient_kernel<F: Float, I: Numeric>(
         logits: &Tensor<F>,
@@ -276,7 +314,7 @@ mod kernels {
             terminate!();
         }
         let row = pos / vocab;
-        let scale = grad[0] / F::cast_from(rows);
+        let scale = grad[row];
         let mut value = scale * (logits[pos] - lse[row]).exp();
         if pos - row * vocab == u32::cast_from(targets[row]) as usize {
             value -= scale;

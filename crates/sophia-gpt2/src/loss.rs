@@ -47,9 +47,7 @@ pub fn cross_entropy_with(kernels: Kernels, logits: Tensor<3>, targets: Tensor<2
     #[cfg(feature = "cube")]
     if kernels == Kernels::Fused && crate::cube::applies(&logits) {
         let [batch, seq, vocab] = logits.dims();
-        if let Some(loss) = crate::cube::cross_entropy(&logits.clone().reshape([batch * seq, vocab]), &targets.clone().reshape([batch * seq])) {
-            return loss;
-        }
+        return crate::cube::cross_entropy(logits.reshape([batch * seq, vocab]), targets.reshape([batch * seq]));
     }
     let _ = kernels;
     log_softmax(logits, 2).gather(2, targets.unsqueeze_dim::<3>(2)).mean().neg()
@@ -110,11 +108,8 @@ pub fn sample_labels_with(kernels: Kernels, logits: Tensor<3>, uniforms: Tensor<
         return crate::fused::cross_entropy::sample_labels(inner, uniforms.reshape([batch * seq])).reshape([batch, seq]);
     }
     #[cfg(feature = "cube")]
-    if kernels == Kernels::Fused
-        && crate::cube::applies(&logits)
-        && let Some(labels) = crate::cube::sample_labels(&logits.clone().inner().reshape([batch * seq, vocab]), &uniforms.clone().reshape([batch * seq]))
-    {
-        return labels.reshape([batch, seq]);
+    if kernels == Kernels::Fused && crate::cube::applies(&logits) {
+        return crate::cube::sample_labels(logits.inner().reshape([batch * seq, vocab]), uniforms.reshape([batch * seq])).reshape([batch, seq]);
     }
     let _ = kernels;
     // The label is the number of cumulative probabilities at or below the uniform, capped at

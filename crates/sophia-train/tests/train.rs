@@ -84,6 +84,7 @@ fn a_crashed_run_resumes_exactly() {
 
         let whole = train(&config, &RunOptions::default()).unwrap();
         let expected = losses(&run_dir);
+        let expected_log = metrics::read(&run_dir.join("metrics.jsonl")).unwrap();
         assert_eq!(expected.iter().filter(|l| l.starts_with("train")).count(), 6, "{expected:?}");
         std::fs::remove_dir_all(&run_dir).unwrap();
 
@@ -93,13 +94,24 @@ fn a_crashed_run_resumes_exactly() {
         let resumed = train(&config, &RunOptions { resume: true, ..RunOptions::default() }).unwrap();
         if sophia_golden::test_backend() == Backend::Flex {
             assert_eq!(losses(&run_dir), expected, "{optimizer}: resumed run differs");
+            assert_eq!(resumed.final_val_loss, whole.final_val_loss);
         } else {
-            // GPU backends: losses and learning rates stay bit-exact; the gradient norm and the
-            // win rate are reductions whose kernels may differ after a reload (last bits only).
-            let exact_part = |log: Vec<String>| -> Vec<String> { log.iter().map(|l| l.split(' ').take(6).collect::<Vec<_>>().join(" ")).collect() };
-            assert_eq!(exact_part(losses(&run_dir)), exact_part(expected.clone()), "{optimizer}: resumed run differs");
+            // GPU backends: steps, token counts and learning rates stay exact, the losses agree
+            // to a few f32 ulps. Burn's fusion chooses its fused kernels from the operations it
+            // has seen, so a reduction (a mean loss, the gradient norm, the win rate) may round
+            // differently in a resumed run.
+            let resumed_log = metrics::read(&run_dir.join("metrics.jsonl")).unwrap();
+            let close = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                (Some(a), Some(b)) => (a - b).abs() <= 4.0 * f64::from(f32::EPSILON) * a.abs().max(b.abs()),
+                (a, b) => a == b,
+            };
+            assert_eq!(resumed_log.len(), expected_log.len(), "{optimizer}: resumed run differs");
+            for (r, e) in resumed_log.iter().zip(&expected_log) {
+                let same = (&r.kind, r.step, r.tokens, r.lr) == (&e.kind, e.step, e.tokens, e.lr) && close(r.train_loss, e.train_loss) && close(r.val_loss, e.val_loss);
+                assert!(same, "{optimizer}: resumed run differs:\n{:?}\nagainst\n{expected:?}", losses(&run_dir));
+            }
+            assert!(close(Some(resumed.final_val_loss), Some(whole.final_val_loss)), "{} against {}", resumed.final_val_loss, whole.final_val_loss);
         }
-        assert_eq!(resumed.final_val_loss, whole.final_val_loss);
         // Only the newest checkpoints are kept, each complete.
         let kept: Vec<_> = std::fs::read_dir(run_dir.join("checkpoints")).unwrap().flatten().map(|e| e.file_name().into_string().unwrap()).collect();
         assert!(kept.contains(&"step-000006".to_string()) && kept.contains(&"latest".to_string()), "{kept:?}");

@@ -533,8 +533,9 @@ pub struct TrainConfig {
     /// micro-batch's sequences split into this many groups, each on its own thread with its own
     /// copy of the autodiff graph, the loss their sequence-weighted mean and the gradients summed
     /// in shard order (so the result does not depend on the thread count; it differs from one
-    /// shard by rounding only). Evaluation batches run this many at a time. Unset: the model's
-    /// own ([`TrainConfig::shards()`]).
+    /// shard by rounding only). Evaluation batches run this many at a time. On a GPU backend
+    /// the shards run one after the other on one thread. Unset: the model's own
+    /// ([`TrainConfig::shards()`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shards: Option<usize>,
     /// Evaluate every this many steps (and at the end).

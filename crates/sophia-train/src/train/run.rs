@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use burn::backend::DispatchDevice;
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -339,17 +340,30 @@ pub fn tensors(batch: &Batch, device: &Device) -> (Tensor<2, Int>, Tensor<2, Int
     (Tensor::from_data(TensorData::new(batch.inputs.clone(), shape), device), Tensor::from_data(TensorData::new(batch.targets.clone(), shape), device))
 }
 
+/// How many of `passes` independent passes one thread takes: one each on the CPU backends, all
+/// of them, one after the other, on a GPU backend. A GPU is one device queue that threads cannot
+/// share out, and with Burn's fusion, passes registered from several threads at once on one
+/// device computed wrong values on lavapipe (a validation loss of 10.54 where one thread gives
+/// 10.25); the results are summed in order either way, so they do not depend on it.
+fn min_len_per_thread(device: &Device, passes: usize) -> usize {
+    match device.clone().inner().as_dispatch() {
+        DispatchDevice::Flex(_) | DispatchDevice::NdArray(_) => 1,
+        _ => passes.max(1),
+    }
+}
+
 /// Mean loss of `model` over `batches` fixed batches of `stream`, `concurrent` batches at a
 /// time (summed in order, so the mean does not depend on it).
 fn mean_loss(model: &Gpt2, sampler: &BatchSampler, tokens: &TokenFile, stream: u64, batches: usize, concurrent: usize, device: &Device) -> Result<f64, TrainError> {
     let device = device.clone().inner();
-    let loss = |index: u64| -> Result<f64, TrainError> {
-        let (inputs, targets) = tensors(&sampler.batch(tokens, stream, index), &device);
+    let loss = |index: usize| -> Result<f64, TrainError> {
+        let (inputs, targets) = tensors(&sampler.batch(tokens, stream, index as u64), &device);
         Ok(model.loss(inputs, targets)?.into_scalar::<f64>())
     };
     let mut total = 0.0;
-    for first in (0..batches as u64).step_by(concurrent) {
-        let group = (first..(first + concurrent as u64).min(batches as u64)).into_par_iter().map(loss).collect::<Result<Vec<f64>, _>>()?;
+    let per_thread = min_len_per_thread(&device, concurrent);
+    for first in (0..batches).step_by(concurrent) {
+        let group = (first..(first + concurrent).min(batches)).into_par_iter().with_min_len(per_thread).map(loss).collect::<Result<Vec<f64>, _>>()?;
         for value in group {
             total += value;
         }
@@ -553,7 +567,8 @@ impl TrainingStep {
         }
         // Each pass on its own autodiff leaves of the same parameters (`fork`: the same storage,
         // new graph nodes): Burn keeps graphs that share a node under one lock.
-        let passes: Vec<_> = batch.split(shards).par_iter().map(|shard| pass(&model.clone().fork(&self.device), shard)).collect();
+        let per_thread = min_len_per_thread(&self.device, shards);
+        let passes: Vec<_> = batch.split(shards).par_iter().with_min_len(per_thread).map(|shard| pass(&model.clone().fork(&self.device), shard)).collect();
         let (mut loss, mut accumulator) = (0.0, GradientsAccumulator::new());
         for result in passes {
             let (shard_loss, grads) = result?;
