@@ -4,6 +4,7 @@
 //! labels from the same uniforms. The GPT-2 golden tests check both implementations against the
 //! reference.
 
+use burn::backend::GradientCheckpointingStrategy;
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use proptest::prelude::*;
 use sophia_gpt2::Kernels;
@@ -17,9 +18,10 @@ fn device() -> Device {
     sophia_golden::test_device()
 }
 
-/// Loss and gradient of the logits under `kernels`.
-fn loss_and_grad(kernels: Kernels, logits: &Tensor<3>, targets: &Tensor<2, Int>) -> (f64, Vec<f32>) {
-    let leaf = logits.clone().inner().autodiff().require_grad();
+/// Loss and gradient of the logits under `kernels`, with autodiff's gradient checkpointing
+/// `strategy`.
+fn loss_and_grad(kernels: Kernels, strategy: GradientCheckpointingStrategy, logits: &Tensor<3>, targets: &Tensor<2, Int>) -> (f64, Vec<f32>) {
+    let leaf = logits.clone().inner().autodiff().with_gradient_checkpointing_strategy(strategy).require_grad();
     let loss = cross_entropy_with(kernels, leaf.clone(), targets.clone());
     let value = loss.clone().into_scalar::<f64>();
     let grads = loss.backward();
@@ -285,15 +287,19 @@ proptest! {
         device.seed(seed);
         let logits = laid_out(layout, [batch, seq, vocab], scale, &device);
         let targets = Tensor::<2, Int>::random([batch, seq], Distribution::Uniform(0.0, vocab as f64), &device);
-        let (fused, fused_grad) = loss_and_grad(Kernels::Fused, &logits, &targets);
-        let (composed, composed_grad) = loss_and_grad(Kernels::Composed, &logits, &targets);
-        prop_assert!((fused - composed).abs() <= 1e-5 * (1.0 + composed.abs()), "loss {fused} vs {composed}");
+        let (composed, composed_grad) = loss_and_grad(Kernels::Composed, GradientCheckpointingStrategy::Disabled, &logits, &targets);
         // `x − lse` carries an absolute rounding error of a few ulps of the largest logit in both
         // implementations, so a probability near 1 (the target's `p − 1`) is known only to that.
         let largest = logits.clone().abs().max().into_scalar::<f32>();
         let rows = (batch * seq) as f32;
-        for (i, (&f, &c)) in fused_grad.iter().zip(&composed_grad).enumerate() {
-            prop_assert!(close(f, c, 1e-4, 1e-7 + 1e-6 * largest / rows), "gradient {i}: {f} vs {c}");
+        // The fused kernel with and without gradient checkpointing (flex takes the composed
+        // operations under checkpointing, the CubeCL backends their kernels).
+        for strategy in [GradientCheckpointingStrategy::Disabled, GradientCheckpointingStrategy::Balanced] {
+            let (fused, fused_grad) = loss_and_grad(Kernels::Fused, strategy, &logits, &targets);
+            prop_assert!((fused - composed).abs() <= 1e-5 * (1.0 + composed.abs()), "{strategy:?}: loss {fused} vs {composed}");
+            for (i, (&f, &c)) in fused_grad.iter().zip(&composed_grad).enumerate() {
+                prop_assert!(close(f, c, 1e-4, 1e-7 + 1e-6 * largest / rows), "{strategy:?}: gradient {i}: {f} vs {c}");
+            }
         }
     }
 
