@@ -11,19 +11,24 @@
 //! - cross-entropy backward ([`gradient_kernel`], one unit per element):
 //!   `g_row · (exp(x − lse) − [j = t])`, with `g_row = g/N` from the mean's backward pass;
 //! - sampled label ([`sample_kernel`], one cube per row): the same `(max, sum)`, then each unit
-//!   sums `exp(x − max)` over its contiguous part of the row, one unit turns those sums into
+//!   sums `exp(x − max)` over its own run of consecutive indices, one unit turns those sums into
 //!   offsets, and the unit whose part crosses `u·sum` scans it for the first index whose
 //!   cumulative sum exceeds it (the last index if rounding leaves none, as on the CPU).
+//!
+//! The kernels read every input through its strides and write the gradient through its own, so
+//! no input is copied first: transposed and sliced views, broadcast per-row gradients, and the
+//! pitched rows that CUDA's and ROCm's allocators give a `[rows, vocab]` tensor (each row padded
+//! to an aligned length, the gradient's output included).
 //!
 //! The three kernels are the methods of [`LossKernels`], a Burn backend extension
 //! (`#[backend_extension]`) implemented for `CubeBackend`: the macro routes a `Dispatch` tensor to
 //! it, generates the `Fusion<CubeBackend>` implementation (each kernel a deferred operation in
 //! Burn's fusion stream, its output shapes known when it is registered), and routes autodiff
 //! tensors to the implementation for `Autodiff<B, C>` below, a hand-written backward node that
-//! keeps the logits, the targets and the per-row log-sum-exp, so the backward pass is one kernel
-//! under any checkpointing strategy. Everything else in the model runs Burn's operations on these
-//! backends; its element-wise chains (the GELU, the optimizer updates) are what Burn's fusion
-//! merges.
+//! keeps the logits as they came, the targets and the per-row log-sum-exp, so the backward pass is
+//! one kernel under any checkpointing strategy. Everything else in the model runs Burn's
+//! operations on these backends; its element-wise chains (the GELU, the optimizer updates) are
+//! what Burn's fusion merges.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -35,7 +40,7 @@ use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Autodiff, AutodiffBackend, Backend, Dispatch, DispatchDevice, TensorMetadata, backend_extension};
 use burn::tensor::{DType, Int, Shape, Tensor};
 use burn_cubecl::CubeBackend;
-use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::kernel::untile;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::{CubeCount, CubeDim, calculate_cube_count_elemwise};
@@ -81,23 +86,33 @@ pub(crate) trait LossKernels: Backend {
 
     /// Per row of `logits` `[rows, vocab]`: the first index whose cumulative softmax exceeds the
     /// row's uniform (the last index when rounding leaves none), as `int_dtype` `[rows]`.
-    #[fusion(meta = |logits, _uniforms, int_dtype| TensorSpec::new(Shape::new([logits.shape[0]]), *int_dtype))]
+    #[fusion(meta = |logits, _uniforms, int_dtype| rows_spec(logits, *int_dtype))]
     fn sample_labels(logits: FloatTensor<Self>, uniforms: FloatTensor<Self>, int_dtype: DType) -> IntTensor<Self>;
+}
+
+/// One value of `dtype` per row of `logits` `[rows, vocab]`: a `[rows]` output, as Burn's fusion
+/// registers it.
+fn rows_spec(logits: &TensorSpec, dtype: DType) -> TensorSpec {
+    TensorSpec::new(Shape::new([logits.shape[0]]), dtype)
 }
 
 /// The shapes of [`LossKernels::cross_entropy_rows`]' outputs: two `[rows]` tensors of the logits'
 /// type.
 fn row_specs(logits: &TensorSpec, _targets: &TensorSpec) -> (TensorSpec, TensorSpec) {
-    let rows = TensorSpec::new(Shape::new([logits.shape[0]]), logits.dtype);
+    let rows = rows_spec(logits, logits.dtype);
     (rows.clone(), rows)
+}
+
+/// A new `[rows]` tensor of `dtype` for the rows of `logits` `[rows, vocab]`.
+fn empty_rows(logits: &CubeTensor, dtype: DType) -> CubeTensor {
+    empty_device_dtype(logits.client.clone(), logits.device.clone(), Shape::new([logits.shape()[0]]), dtype)
 }
 
 impl LossKernels for CubeBackend {
     fn cross_entropy_rows(logits: CubeTensor, targets: CubeTensor) -> (CubeTensor, CubeTensor) {
-        let (logits, targets) = (into_contiguous(logits), into_contiguous(targets));
+        let logits = untile(logits);
         let [rows, vocab] = logits.shape().dims::<2>();
-        let new_rows = || empty_device_dtype(logits.client.clone(), logits.device.clone(), Shape::new([rows]), logits.dtype);
-        let (nll, lse) = (new_rows(), new_rows());
+        let (nll, lse) = (empty_rows(&logits, logits.dtype), empty_rows(&logits, logits.dtype));
         let (cubes, cube_dim, units) = row_launch(&logits);
         let storage = [dtype_to_storage_type(logits.dtype), dtype_to_storage_type(targets.dtype)];
         rows_kernel::launch(
@@ -117,7 +132,7 @@ impl LossKernels for CubeBackend {
     }
 
     fn cross_entropy_rows_backward(logits: CubeTensor, targets: CubeTensor, lse: CubeTensor, grad: CubeTensor) -> CubeTensor {
-        let (logits, targets) = (into_contiguous(logits), into_contiguous(targets));
+        let logits = untile(logits);
         let [rows, vocab] = logits.shape().dims::<2>();
         let out = empty_device_dtype(logits.client.clone(), logits.device.clone(), logits.shape(), logits.dtype);
         let elements = rows * vocab;
@@ -129,8 +144,8 @@ impl LossKernels for CubeBackend {
             cube_dim,
             logits.into_tensor_arg(),
             targets.into_tensor_arg(),
-            into_contiguous(lse).into_tensor_arg(),
-            into_contiguous(grad).into_tensor_arg(),
+            lse.into_tensor_arg(),
+            grad.into_tensor_arg(),
             out.clone().into_tensor_arg(),
             rows,
             vocab,
@@ -140,9 +155,9 @@ impl LossKernels for CubeBackend {
     }
 
     fn sample_labels(logits: CubeTensor, uniforms: CubeTensor, int_dtype: DType) -> CubeTensor {
-        let (logits, uniforms) = (into_contiguous(logits), into_contiguous(uniforms));
+        let logits = untile(logits);
         let [rows, vocab] = logits.shape().dims::<2>();
-        let labels = empty_device_dtype(logits.client.clone(), logits.device.clone(), Shape::new([rows]), int_dtype);
+        let labels = empty_rows(&logits, int_dtype);
         let (cubes, cube_dim, units) = row_launch(&logits);
         let storage = [dtype_to_storage_type(logits.dtype), dtype_to_storage_type(labels.dtype)];
         sample_kernel::launch(
@@ -224,6 +239,20 @@ fn row_launch(logits: &CubeTensor) -> (CubeCount, CubeDim, usize) {
 mod kernels {
     use cubecl::prelude::*;
 
+    /// Where element `col` of row `row` of a `[rows, cols]` input lies, whatever its strides (the
+    /// `[rows]` outputs are new and contiguous; the gradient's `[rows, vocab]` output is new but
+    /// may be pitched, and is written through its strides).
+    #[cube]
+    fn at<T: CubePrimitive>(tensor: &Tensor<T>, row: usize, col: usize) -> usize {
+        row * tensor.stride(0) + col * tensor.stride(1)
+    }
+
+    /// Where element `i` of a `[rows]` input lies, whatever its stride.
+    #[cube]
+    fn at_row<T: CubePrimitive>(tensor: &Tensor<T>, i: usize) -> usize {
+        i * tensor.stride(0)
+    }
+
     /// This cube's row (`rows` or more: nothing to do).
     #[cube]
     fn cube_row() -> usize {
@@ -235,13 +264,13 @@ mod kernels {
     /// memory. The starting maximum is the lowest finite float, not `−∞` (WGSL has no infinite
     /// literal); its weight `exp(lowest − m)` is zero once a real value is seen.
     #[cube]
-    fn row_max_and_sum<F: Float>(logits: &Tensor<F>, start: usize, vocab: usize, #[comptime] units: usize) -> (F, F) {
+    fn row_max_and_sum<F: Float>(logits: &Tensor<F>, row: usize, vocab: usize, #[comptime] units: usize) -> (F, F) {
         let unit = UNIT_POS_X as usize;
         let mut max = F::min_value();
         let mut sum = F::new(0.0);
         let mut j = unit;
         while j < vocab {
-            let v = logits[start + j];
+            let v = logits[at(logits, row, j)];
             if v > max {
                 sum = sum * (max - v).exp() + F::new(1.0);
                 max = v;
@@ -288,12 +317,11 @@ mod kernels {
         if row >= rows {
             terminate!();
         }
-        let start = row * vocab;
-        let (max, sum) = row_max_and_sum::<F>(logits, start, vocab, units);
+        let (max, sum) = row_max_and_sum::<F>(logits, row, vocab, units);
         if UNIT_POS_X == 0 {
             let row_lse = max + sum.ln();
             lse[row] = row_lse;
-            nll[row] = row_lse - logits[start + u32::cast_from(targets[row]) as usize];
+            nll[row] = row_lse - logits[at(logits, row, u32::cast_from(targets[at_row(targets, row)]) as usize)];
         }
     }
 
@@ -314,12 +342,14 @@ mod kernels {
             terminate!();
         }
         let row = pos / vocab;
-        let scale = grad[row];
-        let mut value = scale * (logits[pos] - lse[row]).exp();
-        if pos - row * vocab == u32::cast_from(targets[row]) as usize {
+        let col = pos - row * vocab;
+        let scale = grad[at_row(grad, row)];
+        let mut value = scale * (logits[at(logits, row, col)] - lse[at_row(lse, row)]).exp();
+        if col == u32::cast_from(targets[at_row(targets, row)]) as usize {
             value -= scale;
         }
-        out[pos] = value;
+        let index = row * out.stride(0) + col * out.stride(1);
+        out[index] = value;
     }
 
     /// Per row: the first index whose cumulative `exp(x − max)` exceeds `u·Σ exp(x − max)`, or the
@@ -339,17 +369,16 @@ mod kernels {
             terminate!();
         }
         let unit = UNIT_POS_X as usize;
-        let start = row * vocab;
-        let (max, sum) = row_max_and_sum::<F>(logits, start, vocab, units);
-        let target = uniforms[row] * sum;
+        let (max, sum) = row_max_and_sum::<F>(logits, row, vocab, units);
+        let target = uniforms[at_row(uniforms, row)] * sum;
 
-        // This unit's contiguous part of the row and its sum.
+        // This unit's run of consecutive indices and its sum.
         let part = vocab.div_ceil(units);
         let begin = usize::min(unit * part, vocab);
         let end = usize::min(begin + part, vocab);
         let mut part_sum = F::new(0.0);
         for j in begin..end {
-            part_sum += (logits[start + j] - max).exp();
+            part_sum += (logits[at(logits, row, j)] - max).exp();
         }
         // The parts' offsets: an exclusive prefix sum, by one unit (`units` additions).
         let mut offsets = Shared::new_slice(units);
@@ -372,7 +401,7 @@ mod kernels {
         if acc + part_sum > target {
             let mut j = begin;
             while j < end {
-                acc += (logits[start + j] - max).exp();
+                acc += (logits[at(logits, row, j)] - max).exp();
                 if acc > target {
                     first = j as u32;
                     j = end;
@@ -392,6 +421,89 @@ mod kernels {
         }
         if unit == 0 {
             labels[row] = I::cast_from(u32::min(found[0], (vocab - 1) as u32));
+        }
+    }
+}
+
+/// The kernels on `CubeBackend` itself, with views for inputs. Through Burn's fusion (the path of
+/// the model and of the other tests) a kernel's inputs arrive as the fusion stream wrote them,
+/// contiguous on WGPU and CubeCL's CPU runtime; on CUDA and ROCm in pitched rows, which these
+/// views reproduce: rows padded past their end, and a transposed view besides.
+#[cfg(test)]
+mod tests {
+    use burn::backend::ops::{FloatTensorOps, IntTensorOps};
+    use burn::tensor::TensorData;
+    use burn_cubecl::CubeDevice;
+    use cubecl::future::block_on;
+
+    use super::*;
+
+    const ROWS: usize = 5;
+    const VOCAB: usize = 37;
+    /// Elements past the end of each padded row.
+    const PAD: usize = 11;
+
+    /// The CubeCL device of `SOPHIA_TEST_BACKEND`.
+    fn device() -> CubeDevice {
+        match sophia_golden::test_device().as_dispatch() {
+            DispatchDevice::Cube(device) => device.clone(),
+            other => panic!("these tests need a CubeCL device (SOPHIA_TEST_BACKEND=wgpu or cubecl-cpu), not {other:?}"),
+        }
+    }
+
+    fn floats(values: Vec<f32>, shape: [usize; 2], device: &CubeDevice) -> CubeTensor {
+        CubeBackend::float_from_data(TensorData::new(values, shape), device)
+    }
+
+    fn read(tensor: CubeTensor) -> Vec<f32> {
+        block_on(CubeBackend::float_into_data(tensor)).expect("a tensor on the device").convert::<f32>().try_to_vec::<f32>().unwrap()
+    }
+
+    fn read_ints(tensor: CubeTensor) -> Vec<i64> {
+        block_on(CubeBackend::int_into_data(tensor)).expect("a tensor on the device").convert::<i64>().try_to_vec::<i64>().unwrap()
+    }
+
+    /// Logit `(row, j)`: spread over ±5, no two rows alike.
+    fn logit(row: usize, j: usize) -> f32 {
+        ((row * 7919 + j * 104_729) % 101) as f32 / 10.0 - 5.0
+    }
+
+    /// The logits `[ROWS, VOCAB]` as a contiguous tensor, in rows padded past their end, and as a
+    /// transposed view.
+    fn layouts(device: &CubeDevice) -> [(&'static str, CubeTensor); 3] {
+        let contiguous = (0..ROWS).flat_map(|row| (0..VOCAB).map(move |j| logit(row, j))).collect();
+        let padded = (0..ROWS).flat_map(|row| (0..VOCAB + PAD).map(move |j| if j < VOCAB { logit(row, j) } else { 1e3 })).collect();
+        // What a pitched allocation is: rows `VOCAB + PAD` apart, `VOCAB` of them used.
+        let mut padded = floats(padded, [ROWS, VOCAB + PAD], device);
+        padded.meta.shape = [ROWS, VOCAB].into();
+        let transposed = (0..VOCAB).flat_map(|j| (0..ROWS).map(move |row| logit(row, j))).collect();
+        let transposed = CubeBackend::float_swap_dims(floats(transposed, [VOCAB, ROWS], device), 0, 1);
+        assert!(!padded.is_contiguous() && !transposed.is_contiguous(), "the views keep their strides");
+        [("contiguous", floats(contiguous, [ROWS, VOCAB], device)), ("padded rows", padded), ("transposed", transposed)]
+    }
+
+    #[test]
+    fn views_of_the_logits_give_what_contiguous_logits_give() {
+        let device = device();
+        let targets = CubeBackend::int_from_data(TensorData::new(vec![0i32, 36, 5, 17, 2], [ROWS]), &device);
+        let uniforms = CubeBackend::float_from_data(TensorData::new(vec![0.1f32, 0.5, 0.9, 0.3, 0.7], [ROWS]), &device);
+        // The gradient of a mean arrives broadcast: one value, stride 0.
+        let grad = CubeBackend::float_expand(CubeBackend::float_from_data(TensorData::new(vec![0.2f32], [1]), &device), Shape::new([ROWS]));
+        let results = layouts(&device).map(|(layout, logits)| {
+            let (nll, lse) = CubeBackend::cross_entropy_rows(logits.clone(), targets.clone());
+            let gradient = CubeBackend::cross_entropy_rows_backward(logits.clone(), targets.clone(), lse.clone(), grad.clone());
+            let labels = CubeBackend::sample_labels(logits, uniforms.clone(), DType::I32);
+            (layout, read(nll), read(lse), read(gradient), read_ints(labels))
+        });
+        let (_, nll, lse, gradient, labels) = &results[0];
+        for (row, &got) in lse.iter().enumerate() {
+            let expected = (0..VOCAB).map(|j| (logit(row, j) as f64).exp()).sum::<f64>().ln();
+            assert!((got as f64 - expected).abs() < 1e-5, "row {row}: lse {got} vs {expected}");
+        }
+        for (layout, other_nll, other_lse, other_gradient, other_labels) in &results[1..] {
+            assert_eq!((other_nll, other_lse), (nll, lse), "{layout}: the losses");
+            assert_eq!(other_gradient, gradient, "{layout}: the gradient");
+            assert_eq!(other_labels, labels, "{layout}: the labels");
         }
     }
 }
