@@ -66,13 +66,14 @@ fn tiny(dir: &Path, optimizer: OptimizerKind) -> TrainConfig {
     }
 }
 
+/// The run's metrics log.
+fn log(run_dir: &Path) -> Vec<metrics::MetricRecord> {
+    metrics::read(&run_dir.join("metrics.jsonl")).unwrap()
+}
+
 /// The log without wall-clock fields, which differ between runs.
-fn losses(run_dir: &Path) -> Vec<String> {
-    metrics::read(&run_dir.join("metrics.jsonl"))
-        .unwrap()
-        .into_iter()
-        .map(|r| format!("{} {} {} {:?} {:?} {:?} {:?} {:?}", r.kind, r.step, r.tokens, r.lr, r.train_loss, r.val_loss, r.grad_norm, r.win_rate))
-        .collect()
+fn losses(log: &[metrics::MetricRecord]) -> Vec<String> {
+    log.iter().map(|r| format!("{} {} {} {:?} {:?} {:?} {:?} {:?}", r.kind, r.step, r.tokens, r.lr, r.train_loss, r.val_loss, r.grad_norm, r.win_rate)).collect()
 }
 
 #[test]
@@ -83,8 +84,8 @@ fn a_crashed_run_resumes_exactly() {
         let run_dir = config.out_dir.join(&config.name);
 
         let whole = train(&config, &RunOptions::default()).unwrap();
-        let expected = losses(&run_dir);
-        let expected_log = metrics::read(&run_dir.join("metrics.jsonl")).unwrap();
+        let expected_log = log(&run_dir);
+        let expected = losses(&expected_log);
         assert_eq!(expected.iter().filter(|l| l.starts_with("train")).count(), 6, "{expected:?}");
         std::fs::remove_dir_all(&run_dir).unwrap();
 
@@ -92,15 +93,15 @@ fn a_crashed_run_resumes_exactly() {
         let crashed = train(&config, &RunOptions { stop_after: Some(5), ..RunOptions::default() });
         assert!(crashed.is_err());
         let resumed = train(&config, &RunOptions { resume: true, ..RunOptions::default() }).unwrap();
+        let resumed_log = log(&run_dir);
         if sophia_golden::test_backend() == Backend::Flex {
-            assert_eq!(losses(&run_dir), expected, "{optimizer}: resumed run differs");
+            assert_eq!(losses(&resumed_log), expected, "{optimizer}: resumed run differs");
             assert_eq!(resumed.final_val_loss, whole.final_val_loss);
         } else {
             // GPU backends: steps, token counts and learning rates stay exact, the losses agree
             // to a few f32 ulps. Burn's fusion chooses its fused kernels from the operations it
             // has seen, so a reduction (a mean loss, the gradient norm, the win rate) may round
             // differently in a resumed run.
-            let resumed_log = metrics::read(&run_dir.join("metrics.jsonl")).unwrap();
             let close = |a: Option<f64>, b: Option<f64>| match (a, b) {
                 (Some(a), Some(b)) => (a - b).abs() <= 4.0 * f64::from(f32::EPSILON) * a.abs().max(b.abs()),
                 (a, b) => a == b,
@@ -108,7 +109,7 @@ fn a_crashed_run_resumes_exactly() {
             assert_eq!(resumed_log.len(), expected_log.len(), "{optimizer}: resumed run differs");
             for (r, e) in resumed_log.iter().zip(&expected_log) {
                 let same = (&r.kind, r.step, r.tokens, r.lr) == (&e.kind, e.step, e.tokens, e.lr) && close(r.train_loss, e.train_loss) && close(r.val_loss, e.val_loss);
-                assert!(same, "{optimizer}: resumed run differs:\n{:?}\nagainst\n{expected:?}", losses(&run_dir));
+                assert!(same, "{optimizer}: resumed run differs:\n{:?}\nagainst\n{expected:?}", losses(&resumed_log));
             }
             assert!(close(Some(resumed.final_val_loss), Some(whole.final_val_loss)), "{} against {}", resumed.final_val_loss, whole.final_val_loss);
         }
@@ -129,10 +130,7 @@ fn a_bf16_run_tracks_the_f32_run_and_resumes_exactly() {
     let mixed = TrainConfig { name: "bf16".into(), precision: Precision::Bf16, ..full.clone() };
     train(&full, &RunOptions::default()).unwrap();
     train(&mixed, &RunOptions::default()).unwrap();
-    let train_losses = |name: &str| -> Vec<f64> {
-        let log = metrics::read(&dir.join("runs").join(name).join("metrics.jsonl")).unwrap();
-        log.iter().filter(|r| r.kind == "train").map(|r| r.train_loss.unwrap()).collect()
-    };
+    let train_losses = |name: &str| -> Vec<f64> { log(&dir.join("runs").join(name)).iter().filter(|r| r.kind == "train").map(|r| r.train_loss.unwrap()).collect() };
     let (a, b) = (train_losses(&full.name), train_losses("bf16"));
     assert_eq!(a.len(), b.len());
     assert!(a != b, "the bf16 run computed exactly what the f32 run did: {a:?}");
@@ -141,11 +139,11 @@ fn a_bf16_run_tracks_the_f32_run_and_resumes_exactly() {
     }
 
     let run_dir = dir.join("runs/bf16");
-    let expected = losses(&run_dir);
+    let expected = losses(&log(&run_dir));
     std::fs::remove_dir_all(&run_dir).unwrap();
     assert!(train(&mixed, &RunOptions { stop_after: Some(5), ..RunOptions::default() }).is_err());
     train(&mixed, &RunOptions { resume: true, ..RunOptions::default() }).unwrap();
-    assert_eq!(losses(&run_dir), expected, "resumed bf16 run differs");
+    assert_eq!(losses(&log(&run_dir)), expected, "resumed bf16 run differs");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -158,7 +156,7 @@ fn training_reduces_the_loss_and_writes_its_outputs() {
     for file in ["config.json", "metrics.jsonl", "summary.json", "samples.txt", "model.safetensors", "training.png", "training.svg"] {
         assert!(run_dir.join(file).is_file(), "{file} missing");
     }
-    let log = metrics::read(&run_dir.join("metrics.jsonl")).unwrap();
+    let log = log(&run_dir);
     let first = log.first().unwrap().train_loss.unwrap();
     assert!(summary.final_val_loss < first - 1.0, "val {} vs first train loss {first}", summary.final_val_loss);
     assert!(summary.refreshes == 6, "{summary:?}");
@@ -186,7 +184,7 @@ fn diverging_runs_stop_or_skip() {
     assert!(message.contains("at step") && message.contains("checkpoint"), "{message}");
     let skip = TrainConfig { name: "skip".into(), on_nonfinite: NonFinitePolicy::Skip, ..config };
     let error = train(&skip, &RunOptions::default());
-    let log = metrics::read(&skip.out_dir.join("skip").join("metrics.jsonl")).unwrap();
+    let log = log(&skip.out_dir.join("skip"));
     assert!(log.iter().any(|r| r.skipped), "skipped steps are logged: {error:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
