@@ -342,9 +342,12 @@ pub fn tensors(batch: &Batch, device: &Device) -> (Tensor<2, Int>, Tensor<2, Int
 
 /// How many of `passes` independent passes one thread takes: one each on the CPU backends, all
 /// of them, one after the other, on a GPU backend. A GPU is one device queue that threads cannot
-/// share out, and with Burn's fusion, passes registered from several threads at once on one
-/// device computed wrong values on lavapipe (a validation loss of 10.54 where one thread gives
-/// 10.25); the results are summed in order either way, so they do not depend on it.
+/// share out, and Burn's fusion keeps one stream of deferred operations per thread: passes from
+/// several threads at once read the parameters while the optimizer step that wrote them was
+/// still queued in the main thread's stream, and computed wrong values on lavapipe (a
+/// validation loss of 10.54 where one thread gives 10.25; a device sync before the passes
+/// removed it), and each stream fuses its own kernels, so gradients differed from one thread's
+/// in the last bits and runs would not repeat. The results are summed in order either way.
 fn min_len_per_thread(device: &Device, passes: usize) -> usize {
     match device.clone().inner().as_dispatch() {
         DispatchDevice::Flex(_) | DispatchDevice::NdArray(_) => 1,
