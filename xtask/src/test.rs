@@ -56,11 +56,11 @@ pub(crate) struct TestArgs {
 /// The tests that run on any device: they take their device from `SOPHIA_TEST_BACKEND`. Besides
 /// the golden tests and training, the tests of the loss and the label sampling against Burn's
 /// composed operations, which check the CubeCL bodies on a CubeCL backend, and the CubeCL bodies'
-/// own tests (`cube::tests`, strided inputs without Burn's fusion; compiled only with a GPU
-/// backend's feature) (the f64-reference
-/// tests of the linear cross-entropy are the flex kernel's: elsewhere they would test the
-/// device's own matrix product and `exp`, which on lavapipe miss their flex-sized bounds by a
-/// few ulps on the composed path as much as on the fused one).
+/// own tests (`cube::tests`: strided inputs without Burn's fusion; compiled only with a GPU
+/// backend's feature). The f64-reference tests of the linear cross-entropy are left out: they
+/// are the flex kernel's, and elsewhere they would test the device's own matrix product and
+/// `exp`, which on lavapipe miss their flex-sized bounds by a few ulps on the composed path as
+/// much as on the fused one.
 const DEVICE_GENERIC: &str = "test(golden) | test(a_crashed_run_resumes_exactly) | test(training_reduces_the_loss_and_writes_its_outputs) \
                               | (package(sophia-gpt2) & binary(kernels) & (test(cross_entropy_equals_the_composed) | test(labels_equal_the_composed) | test(labels_at_the_ends))) \
                               | (package(sophia-gpt2) & test(cube::tests))";

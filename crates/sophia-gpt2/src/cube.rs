@@ -239,9 +239,9 @@ fn row_launch(logits: &CubeTensor) -> (CubeCount, CubeDim, usize) {
 mod kernels {
     use cubecl::prelude::*;
 
-    /// Where element `col` of row `row` of a `[rows, cols]` input lies, whatever its strides (the
-    /// `[rows]` outputs are new and contiguous; the gradient's `[rows, vocab]` output is new but
-    /// may be pitched, and is written through its strides).
+    /// Where element `col` of row `row` of a `[rows, cols]` tensor lies, whatever its strides: the
+    /// inputs, and the gradient's new `[rows, vocab]` output, which may be pitched (the `[rows]`
+    /// outputs are new and contiguous).
     #[cube]
     fn at<T: CubePrimitive>(tensor: &Tensor<T>, row: usize, col: usize) -> usize {
         row * tensor.stride(0) + col * tensor.stride(1)
@@ -348,7 +348,7 @@ mod kernels {
         if col == u32::cast_from(targets[at_row(targets, row)]) as usize {
             value -= scale;
         }
-        let index = row * out.stride(0) + col * out.stride(1);
+        let index = at(&*out, row, col);
         out[index] = value;
     }
 
